@@ -1,0 +1,85 @@
+package distlock
+
+import (
+	"context"
+	"time"
+)
+
+// Backend is what a lock backend implements: one attempt per call, no
+// retries, no argument validation beyond its own needs. The Manager does
+// validation, token generation, retries, error wrapping, renewal and
+// closed-checks once for every backend.
+//
+// Errors: a backend returns ErrNotAcquired (held by another token),
+// ErrNotHeld (token does not hold the key), or a failure wrapped with
+// Unavailable. Any other error is treated as ErrUnavailable. A backend must
+// return promptly when ctx ends.
+//
+// Keys are arbitrary non-empty byte strings (binary and non-UTF-8 keys are
+// distinct locks); tokens are non-empty strings. TTLs handed to a backend
+// are already rounded up to its Capabilities' MinTTL and Granularity.
+type Backend interface {
+	// Acquire grants key to token for ttl if key is free or already held
+	// by token (then it resets the TTL without a gap). If another token
+	// holds key it returns ErrNotAcquired.
+	Acquire(ctx context.Context, key, token string, ttl time.Duration) (Grant, error)
+	// Extend resets key's TTL to ttl if token holds it, else returns
+	// ErrNotHeld. It never re-creates an expired key.
+	Extend(ctx context.Context, key, token string, ttl time.Duration) (Grant, error)
+	// Release deletes key if token holds it, else returns ErrNotHeld.
+	Release(ctx context.Context, key, token string) error
+	// Capabilities declares what the backend supports.
+	Capabilities() Capabilities
+	// Close releases the backend's resources (not the user's client if the
+	// backend was built on one). It is called once.
+	Close() error
+}
+
+// Grant describes a successful Acquire or Extend.
+type Grant struct {
+	// TTL is the lease the server really granted, never shorter than the
+	// one asked for. Zero means exactly the TTL asked for.
+	TTL time.Duration
+	// Fence is the fencing number of this grant (strictly increasing across
+	// grants of a key) where Capabilities.Fencing is true, else 0. A
+	// re-acquire by the holder keeps the grant's fence.
+	Fence uint64
+}
+
+// Capabilities declares what a backend supports; the conformance suite
+// tests what is declared and docs/design.md shows the matrix.
+type Capabilities struct {
+	// Name is a short backend name such as "redis" or "etcd".
+	Name string
+	// Fencing: grants carry strictly increasing fencing numbers.
+	Fencing bool
+	// CrossInstanceRelease: a manager other than the one that acquired a
+	// lock can release or extend it with the token.
+	CrossInstanceRelease bool
+	// MinTTL is the shortest lease the backend grants; shorter TTLs are
+	// rounded up to it.
+	MinTTL time.Duration
+	// Granularity is the unit the backend counts leases in (1ms for Redis,
+	// 1s for etcd); TTLs are rounded up to a multiple of it.
+	Granularity time.Duration
+}
+
+// ReleaseNotifier is implemented by backends that can wake waiters when a
+// key is released, instead of leaving them to poll.
+type ReleaseNotifier interface {
+	// SubscribeRelease returns a channel that receives a value (sends never
+	// block; the channel is never closed) when key may have become free,
+	// and a function that ends the subscription. The Manager subscribes
+	// before it retries, so a release between a failed attempt and the
+	// wait is not missed; it still polls per its retry strategy in case a
+	// notification is lost.
+	SubscribeRelease(ctx context.Context, key string) (<-chan struct{}, func(), error)
+}
+
+// LossWatcher is implemented by backends that learn by themselves when a
+// held lock is gone (a session died, a lease was revoked).
+type LossWatcher interface {
+	// WatchLoss returns a channel that is closed when the grant of key to
+	// token is known to be lost, and a function that stops watching.
+	WatchLoss(key, token string) (<-chan struct{}, func())
+}

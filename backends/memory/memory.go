@@ -1,0 +1,276 @@
+// Package memory is the in-process reference backend of distlock: the
+// embedded default, and the fake to hand to unit tests.
+//
+// Backends built on the same Store see the same locks, as separate
+// processes would on a shared server; each Store is independent. The URL
+// form memory://NAME opens the process-wide store called NAME (memory://
+// alone is the store "default").
+//
+//	lm := memory.NewManager() // a fresh store, for one unit test
+package memory
+
+import (
+	"context"
+	"errors"
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/distlock/distlock"
+)
+
+func init() {
+	distlock.Register("memory", func(_ context.Context, u *url.URL) (distlock.Backend, error) {
+		name := u.Host + u.Path
+		if name == "" {
+			name = "default"
+		}
+		return Named(name).Backend(), nil
+	})
+}
+
+var (
+	namedMu sync.Mutex
+	named   = map[string]*Store{}
+)
+
+// Named returns the process-wide store called name, creating it on first use.
+func Named(name string) *Store {
+	namedMu.Lock()
+	defer namedMu.Unlock()
+	s := named[name]
+	if s == nil {
+		s = NewStore()
+		named[name] = s
+	}
+	return s
+}
+
+// ErrDown is the cause of ErrUnavailable while a Store is stopped.
+var ErrDown = errors.New("memory store is stopped")
+
+// Store holds the locks. It is safe for concurrent use.
+type Store struct {
+	mu       sync.Mutex
+	locks    map[string]*entry
+	fence    uint64
+	subs     map[string]map[chan struct{}]struct{}
+	watchers map[string]map[*watcher]struct{}
+	down     bool
+	calls    uint64
+}
+
+type entry struct {
+	token  string
+	expiry time.Time
+	fence  uint64
+}
+
+type watcher struct {
+	token string
+	ch    chan struct{}
+}
+
+// NewStore returns an empty store.
+func NewStore() *Store {
+	return &Store{
+		locks:    map[string]*entry{},
+		subs:     map[string]map[chan struct{}]struct{}{},
+		watchers: map[string]map[*watcher]struct{}{},
+	}
+}
+
+// NewManager returns a Manager over a fresh Store: the usual fake for a
+// unit test.
+func NewManager(opts ...distlock.Option) *distlock.Manager {
+	return distlock.New(NewStore().Backend(), opts...)
+}
+
+// Backend returns a new backend over the store, like a new client of a
+// shared server.
+func (s *Store) Backend() distlock.Backend { return &backend{s: s} }
+
+// Stop makes the store unavailable: every call fails with ErrUnavailable
+// (cause ErrDown) until Start. Locks and their TTLs are kept, as a server
+// with persistence would keep them. Tests use it to simulate an outage.
+func (s *Store) Stop() { s.mu.Lock(); s.down = true; s.mu.Unlock() }
+
+// Start ends a Stop.
+func (s *Store) Start() { s.mu.Lock(); s.down = false; s.mu.Unlock() }
+
+// Revoke deletes the lock on key whoever holds it, as an operator would.
+// It reports whether a live lock was deleted.
+func (s *Store) Revoke(key string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e := s.live(key, time.Now())
+	if e == nil {
+		return false
+	}
+	s.drop(key, e, true)
+	return true
+}
+
+// Calls returns how many backend calls reached the store.
+func (s *Store) Calls() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.calls
+}
+
+// live returns key's unexpired entry; an expired one is dropped. Called
+// with s.mu held.
+func (s *Store) live(key string, now time.Time) *entry {
+	e := s.locks[key]
+	if e != nil && !now.Before(e.expiry) {
+		s.drop(key, e, true)
+		return nil
+	}
+	return e
+}
+
+// drop deletes key's entry, ends its loss watchers (telling them the lock
+// is lost unless its holder released it) and wakes waiters. Called with
+// s.mu held.
+func (s *Store) drop(key string, e *entry, lost bool) {
+	delete(s.locks, key)
+	for w := range s.watchers[key] {
+		if w.token == e.token {
+			if lost {
+				close(w.ch)
+			}
+			delete(s.watchers[key], w)
+		}
+	}
+	if len(s.watchers[key]) == 0 {
+		delete(s.watchers, key)
+	}
+	for ch := range s.subs[key] {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// enter counts a call and reports whether the store is up. Called with s.mu held.
+func (s *Store) enter() error {
+	s.calls++
+	if s.down {
+		return distlock.Unavailable(ErrDown)
+	}
+	return nil
+}
+
+type backend struct{ s *Store }
+
+var (
+	_ distlock.ReleaseNotifier = (*backend)(nil)
+	_ distlock.LossWatcher     = (*backend)(nil)
+)
+
+func (b *backend) Acquire(ctx context.Context, key, token string, ttl time.Duration) (distlock.Grant, error) {
+	s := b.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.enter(); err != nil {
+		return distlock.Grant{}, err
+	}
+	now := time.Now()
+	e := s.live(key, now)
+	switch {
+	case e == nil:
+		s.fence++
+		s.locks[key] = &entry{token: token, expiry: now.Add(ttl), fence: s.fence}
+		return distlock.Grant{TTL: ttl, Fence: s.fence}, nil
+	case e.token == token: // re-acquire: extend in place, never a gap
+		e.expiry = now.Add(ttl)
+		return distlock.Grant{TTL: ttl, Fence: e.fence}, nil
+	}
+	return distlock.Grant{}, distlock.ErrNotAcquired
+}
+
+func (b *backend) Extend(ctx context.Context, key, token string, ttl time.Duration) (distlock.Grant, error) {
+	s := b.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.enter(); err != nil {
+		return distlock.Grant{}, err
+	}
+	now := time.Now()
+	e := s.live(key, now)
+	if e == nil || e.token != token {
+		return distlock.Grant{}, distlock.ErrNotHeld
+	}
+	e.expiry = now.Add(ttl)
+	return distlock.Grant{TTL: ttl, Fence: e.fence}, nil
+}
+
+func (b *backend) Release(ctx context.Context, key, token string) error {
+	s := b.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.enter(); err != nil {
+		return err
+	}
+	e := s.live(key, time.Now())
+	if e == nil || e.token != token {
+		return distlock.ErrNotHeld
+	}
+	s.drop(key, e, false)
+	return nil
+}
+
+func (b *backend) Capabilities() distlock.Capabilities {
+	return distlock.Capabilities{
+		Name:                 "memory",
+		Fencing:              true,
+		CrossInstanceRelease: true,
+		MinTTL:               time.Millisecond,
+	}
+}
+
+func (b *backend) Close() error { return nil }
+
+func (b *backend) SubscribeRelease(ctx context.Context, key string) (<-chan struct{}, func(), error) {
+	s := b.s
+	ch := make(chan struct{}, 1)
+	s.mu.Lock()
+	if s.subs[key] == nil {
+		s.subs[key] = map[chan struct{}]struct{}{}
+	}
+	s.subs[key][ch] = struct{}{}
+	s.mu.Unlock()
+	return ch, func() {
+		s.mu.Lock()
+		delete(s.subs[key], ch)
+		if len(s.subs[key]) == 0 {
+			delete(s.subs, key)
+		}
+		s.mu.Unlock()
+	}, nil
+}
+
+func (b *backend) WatchLoss(key, token string) (<-chan struct{}, func()) {
+	s := b.s
+	w := &watcher{token: token, ch: make(chan struct{})}
+	s.mu.Lock()
+	if e := s.live(key, time.Now()); e == nil || e.token != token {
+		close(w.ch)
+		s.mu.Unlock()
+		return w.ch, func() {}
+	}
+	if s.watchers[key] == nil {
+		s.watchers[key] = map[*watcher]struct{}{}
+	}
+	s.watchers[key][w] = struct{}{}
+	s.mu.Unlock()
+	return w.ch, func() {
+		s.mu.Lock()
+		delete(s.watchers[key], w)
+		if len(s.watchers[key]) == 0 {
+			delete(s.watchers, key)
+		}
+		s.mu.Unlock()
+	}
+}

@@ -1,0 +1,326 @@
+package distlock
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Manager is the portable LockManager over one Backend. It validates
+// arguments, generates tokens, retries while a key is held (waking on
+// release where the backend can notify), wraps errors once, renews locks
+// and reports lost ones — the same for every backend. It is safe for
+// concurrent use.
+type Manager struct {
+	b        Backend
+	caps     Capabilities
+	notifier ReleaseNotifier
+	watcher  LossWatcher
+	cfg      managerConfig
+
+	closed    atomic.Bool
+	closeOnce sync.Once
+	closeErr  error
+
+	mu    sync.Mutex
+	locks map[*Lock]struct{}
+	wg    sync.WaitGroup
+}
+
+var _ LockManager = (*Manager)(nil)
+
+// New returns a Manager over b. The Manager owns b and closes it on Close.
+func New(b Backend, opts ...Option) *Manager {
+	m := &Manager{
+		b:     b,
+		caps:  b.Capabilities(),
+		cfg:   managerConfig{retry: DefaultRetry, renewFrac: 1.0 / 3},
+		locks: make(map[*Lock]struct{}),
+	}
+	m.notifier, _ = b.(ReleaseNotifier)
+	m.watcher, _ = b.(LossWatcher)
+	for _, o := range opts {
+		if o != nil {
+			o(&m.cfg)
+		}
+	}
+	return m
+}
+
+// Capabilities reports what the manager's backend supports.
+func (m *Manager) Capabilities() Capabilities { return m.caps }
+
+// Acquire implements LockManager.
+func (m *Manager) Acquire(ctx context.Context, key string, ttl time.Duration, token ...string) (string, error) {
+	if len(token) > 1 {
+		return "", &Error{Op: "acquire", Key: key, Kind: ErrInvalidArgument, Err: errors.New("at most one token")}
+	}
+	var tok string
+	if len(token) == 1 {
+		tok = token[0]
+	}
+	tok, _, _, err := m.acquire(ctx, key, ttl, tok, len(token) == 1, m.cfg.retry)
+	return tok, err
+}
+
+// acquire is the wait loop shared by Acquire, Lock and Do. It returns the
+// token, the grant, and when the successful attempt started (the base of
+// the conservative expiry).
+func (m *Manager) acquire(ctx context.Context, key string, ttl time.Duration, token string, explicit bool, retry RetryStrategy) (string, Grant, time.Time, error) {
+	const op = "acquire"
+	if m.closed.Load() {
+		return "", Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: ErrClosed}
+	}
+	if err := checkKey(key); err != nil {
+		return "", Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: ErrInvalidArgument, Err: err}
+	}
+	ttl, err := m.roundTTL(ttl)
+	if err != nil {
+		return "", Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: ErrInvalidArgument, Err: err}
+	}
+	if !explicit {
+		token = m.newToken(key)
+	}
+	if err := checkToken(token); err != nil {
+		return "", Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: ErrInvalidArgument, Err: err}
+	}
+	if err := ctx.Err(); err != nil {
+		return "", Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: ErrNotAcquired, Err: err}
+	}
+
+	var (
+		start    = time.Now()
+		held     bool // some attempt of this call found the key held
+		sub      <-chan struct{}
+		unsub    func()
+		timer    *time.Timer
+		retryNow bool
+	)
+	defer func() {
+		if unsub != nil {
+			unsub()
+		}
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for attempt := 1; ; attempt++ {
+		t0 := time.Now()
+		g, err := m.b.Acquire(ctx, key, token, ttl)
+		if err == nil {
+			if g.TTL < ttl {
+				g.TTL = ttl
+			}
+			return token, g, t0, nil
+		}
+		kind := classify(err)
+		if kind == ErrNotAcquired {
+			held = true
+		}
+		if cerr := ctx.Err(); cerr != nil {
+			if held {
+				return "", Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: ErrNotAcquired, Err: cerr}
+			}
+			return "", Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: ErrUnavailable, Err: joinCtx(cause(err, kind), cerr)}
+		}
+		if kind != ErrNotAcquired && kind != ErrUnavailable {
+			return "", Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: kind, Err: cause(err, kind)}
+		}
+		if kind == ErrNotAcquired && sub == nil && m.notifier != nil {
+			if c, stop, serr := m.notifier.SubscribeRelease(ctx, key); serr == nil {
+				sub, unsub, retryNow = c, stop, true
+			}
+		}
+		if retryNow { // subscribed after the failed attempt: look once more
+			retryNow = false
+			continue
+		}
+		d, ok := retry.NextBackoff(attempt, time.Since(start))
+		if !ok {
+			if kind == ErrNotAcquired {
+				return "", Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: ErrNotAcquired}
+			}
+			return "", Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: kind, Err: cause(err, kind)}
+		}
+		if timer == nil {
+			timer = time.NewTimer(d)
+		} else {
+			timer.Reset(d)
+		}
+		select {
+		case <-ctx.Done():
+			if held {
+				return "", Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: ErrNotAcquired, Err: ctx.Err()}
+			}
+			return "", Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: ErrUnavailable, Err: joinCtx(cause(err, kind), ctx.Err())}
+		case <-timer.C:
+		case <-sub:
+		}
+	}
+}
+
+// Release implements LockManager.
+func (m *Manager) Release(ctx context.Context, key, token string) error {
+	const op = "release"
+	if err := m.precheck(ctx, op, key, token); err != nil {
+		return err
+	}
+	return m.wrap(ctx, op, key, m.b.Release(ctx, key, token))
+}
+
+// Extend implements LockManager.
+func (m *Manager) Extend(ctx context.Context, key, token string, ttl time.Duration) error {
+	_, _, err := m.extend(ctx, "extend", key, token, ttl)
+	return err
+}
+
+func (m *Manager) extend(ctx context.Context, op, key, token string, ttl time.Duration) (Grant, time.Time, error) {
+	if err := m.precheck(ctx, op, key, token); err != nil {
+		return Grant{}, time.Time{}, err
+	}
+	ttl, err := m.roundTTL(ttl)
+	if err != nil {
+		return Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: ErrInvalidArgument, Err: err}
+	}
+	t0 := time.Now()
+	g, err := m.b.Extend(ctx, key, token, ttl)
+	if err != nil {
+		return Grant{}, time.Time{}, m.wrap(ctx, op, key, err)
+	}
+	if g.TTL < ttl {
+		g.TTL = ttl
+	}
+	return g, t0, nil
+}
+
+// precheck runs the checks shared by Release and Extend.
+func (m *Manager) precheck(ctx context.Context, op, key, token string) error {
+	if m.closed.Load() {
+		return &Error{Op: op, Key: key, Kind: ErrClosed}
+	}
+	if err := checkKey(key); err != nil {
+		return &Error{Op: op, Key: key, Kind: ErrInvalidArgument, Err: err}
+	}
+	if err := checkToken(token); err != nil {
+		return &Error{Op: op, Key: key, Kind: ErrInvalidArgument, Err: err}
+	}
+	if err := ctx.Err(); err != nil {
+		return &Error{Op: op, Key: key, Err: err}
+	}
+	return nil
+}
+
+// wrap turns a backend error into an *Error, once.
+func (m *Manager) wrap(ctx context.Context, op, key string, err error) error {
+	if err == nil {
+		return nil
+	}
+	kind := classify(err)
+	c := cause(err, kind)
+	if cerr := ctx.Err(); cerr != nil && kind != ErrNotHeld {
+		c = joinCtx(c, cerr)
+	}
+	return &Error{Op: op, Key: key, Kind: kind, Err: c}
+}
+
+// Close implements LockManager.
+func (m *Manager) Close() error {
+	m.closeOnce.Do(func() {
+		m.closed.Store(true)
+		m.mu.Lock()
+		locks := make([]*Lock, 0, len(m.locks))
+		for l := range m.locks {
+			locks = append(locks, l)
+		}
+		m.mu.Unlock()
+		for _, l := range locks {
+			l.finish(&Error{Op: "close", Key: l.key, Kind: ErrLockLost, Err: ErrClosed})
+		}
+		m.wg.Wait()
+		m.closeErr = m.b.Close()
+	})
+	return m.closeErr
+}
+
+func (m *Manager) roundTTL(ttl time.Duration) (time.Duration, error) {
+	if ttl <= 0 {
+		return 0, errors.New("ttl must be positive")
+	}
+	if ttl > MaxTTL {
+		return 0, errors.New("ttl exceeds MaxTTL")
+	}
+	if ttl < m.caps.MinTTL {
+		ttl = m.caps.MinTTL
+	}
+	if g := m.caps.Granularity; g > 0 && ttl%g != 0 {
+		ttl = (ttl/g + 1) * g
+	}
+	return ttl, nil
+}
+
+func (m *Manager) newToken(key string) string {
+	if m.cfg.tokenGen != nil {
+		return m.cfg.tokenGen(key)
+	}
+	return NewToken()
+}
+
+// NewToken returns a random token of 128 bits, base64url-encoded (22 bytes).
+func NewToken() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails (Go 1.24+)
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+func checkKey(key string) error {
+	switch {
+	case key == "":
+		return errors.New("empty key")
+	case len(key) > MaxKeyLen:
+		return errors.New("key longer than MaxKeyLen")
+	}
+	return nil
+}
+
+func checkToken(token string) error {
+	switch {
+	case token == "":
+		return errors.New("empty token")
+	case len(token) > MaxTokenLen:
+		return errors.New("token longer than MaxTokenLen")
+	}
+	return nil
+}
+
+var kinds = [...]error{ErrNotAcquired, ErrNotHeld, ErrUnavailable, ErrInvalidArgument, ErrClosed, ErrLockLost}
+
+// classify maps a backend error to its sentinel; unknown errors count as
+// ErrUnavailable.
+func classify(err error) error {
+	for _, k := range kinds {
+		if errors.Is(err, k) {
+			return k
+		}
+	}
+	return ErrUnavailable
+}
+
+// cause is what an *Error keeps beside its kind: nothing for a bare
+// sentinel, the error itself otherwise.
+func cause(err, kind error) error {
+	if err == kind {
+		return nil
+	}
+	return err
+}
+
+func joinCtx(c, ctxErr error) error {
+	if c == nil || errors.Is(c, ctxErr) {
+		return ctxErr
+	}
+	return errors.Join(c, ctxErr)
+}

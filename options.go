@@ -1,0 +1,82 @@
+package distlock
+
+import "time"
+
+// Option configures a Manager (New, Open).
+type Option func(*managerConfig)
+
+type managerConfig struct {
+	retry     RetryStrategy
+	tokenGen  func(key string) string
+	renewFrac float64
+}
+
+// WithRetry sets the strategy Acquire, Lock and Do use while a key is held
+// by another token. The default is DefaultRetry.
+func WithRetry(s RetryStrategy) Option {
+	return func(c *managerConfig) {
+		if s != nil {
+			c.retry = s
+		}
+	}
+}
+
+// WithTokenGenerator makes the Manager call gen for the token of each grant
+// made without an explicit token, instead of generating 128 random bits.
+// The generator must return distinct non-empty tokens for distinct callers
+// or locks stop being exclusive between them.
+func WithTokenGenerator(gen func(key string) string) Option {
+	return func(c *managerConfig) { c.tokenGen = gen }
+}
+
+// WithRenewFraction sets when auto-renewal extends a lock, as a fraction of
+// its TTL (default 1/3: a 30s lock is renewed every 10s). Values outside
+// (0, 0.9] are ignored.
+func WithRenewFraction(f float64) Option {
+	return func(c *managerConfig) {
+		if f > 0 && f <= 0.9 {
+			c.renewFrac = f
+		}
+	}
+}
+
+// LockOption configures one Lock or Do call.
+type LockOption func(*lockConfig)
+
+type lockConfig struct {
+	token     string
+	hasToken  bool
+	autoRenew bool
+	retry     RetryStrategy
+}
+
+// WithToken makes the call use token instead of a generated one. Locking
+// again with the token that holds the lock resets its TTL.
+func WithToken(token string) LockOption {
+	return func(c *lockConfig) { c.token, c.hasToken = token, true }
+}
+
+// WithAutoRenew makes the Lock handle extend itself every TTL×fraction
+// (see WithRenewFraction) until it is released or lost. Do always renews.
+func WithAutoRenew() LockOption {
+	return func(c *lockConfig) { c.autoRenew = true }
+}
+
+// WithLockRetry overrides the manager's retry strategy for one call.
+func WithLockRetry(s RetryStrategy) LockOption {
+	return func(c *lockConfig) {
+		if s != nil {
+			c.retry = s
+		}
+	}
+}
+
+// Limits on arguments, the same for every backend.
+const (
+	// MaxKeyLen is the longest key, in bytes.
+	MaxKeyLen = 1024
+	// MaxTokenLen is the longest token, in bytes.
+	MaxTokenLen = 256
+	// MaxTTL is the longest TTL accepted.
+	MaxTTL = 365 * 24 * time.Hour
+)
