@@ -1,0 +1,90 @@
+package memory_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/distlock/distlock"
+	"github.com/distlock/distlock/backends/memory"
+	"github.com/distlock/distlock/conformance"
+)
+
+// harness makes independent backends over one store.
+type harness struct{ s *memory.Store }
+
+func (h harness) NewBackend(context.Context) (distlock.Backend, error) { return h.s.Backend(), nil }
+func (h harness) Stop(context.Context) error                           { h.s.Stop(); return nil }
+func (h harness) Start(context.Context) error                          { h.s.Start(); return nil }
+func (h harness) Revoke(_ context.Context, key string) error {
+	if !h.s.Revoke(key) {
+		return errors.New("no lock to revoke")
+	}
+	return nil
+}
+
+func TestConformance(t *testing.T) {
+	conformance.Run(t, harness{memory.NewStore()})
+}
+
+func TestConformanceStandalone(t *testing.T) {
+	res, err := conformance.Check(t.Context(), harness{memory.NewStore()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res) != len(conformance.Cases()) {
+		t.Fatalf("%d results for %d cases", len(res), len(conformance.Cases()))
+	}
+	for _, r := range res {
+		if r.Status != "pass" {
+			t.Errorf("%s: %s %s", r.Name, r.Status, r.Message)
+		}
+	}
+}
+
+// The same token never loses its lock on re-acquire: hammer re-acquires
+// while many contenders poll, and check none ever gets in.
+func TestReacquireNeverDropsLock(t *testing.T) {
+	s := memory.NewStore()
+	holder := distlock.New(s.Backend())
+	defer holder.Close()
+	key := "seat:42"
+	tok, err := holder.Acquire(t.Context(), key, 50*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stop atomic.Bool
+	var stolen, probes atomic.Int64
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			m := distlock.New(s.Backend(), distlock.WithRetry(distlock.NoRetry()))
+			defer m.Close()
+			for !stop.Load() {
+				if t2, err := m.Acquire(context.Background(), key, time.Second); err == nil {
+					stolen.Add(1)
+					_ = m.Release(context.Background(), key, t2)
+				}
+				probes.Add(1)
+			}
+		}()
+	}
+	for range 2000 {
+		if _, err := holder.Acquire(t.Context(), key, 50*time.Millisecond, tok); err != nil {
+			t.Fatalf("re-acquire: %v", err)
+		}
+	}
+	stop.Store(true)
+	wg.Wait()
+	if stolen.Load() != 0 {
+		t.Fatalf("contenders got the lock %d times in %d probes", stolen.Load(), probes.Load())
+	}
+	if probes.Load() == 0 {
+		t.Fatal("no probes ran")
+	}
+}
