@@ -220,7 +220,7 @@ type checkT struct {
 	cleanups []func()
 }
 
-func (c *checkT) Helper() {}
+func (c *checkT) Helper()                         {}
 func (c *checkT) Logf(format string, args ...any) {}
 func (c *checkT) Errorf(format string, args ...any) {
 	c.mu.Lock()
