@@ -64,7 +64,7 @@ var lossCases = []Case{
 			t.Fatalf("Lock: %v", err)
 		}
 		for time.Since(start) < 3*e.Short {
-			if heldByOther(t, probe, key) == false {
+			if !heldByOther(t, probe, key) {
 				t.Fatalf("auto-renewed lock free at %v", time.Since(start))
 			}
 			select {
