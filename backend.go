@@ -40,6 +40,11 @@ type Grant struct {
 	// TTL is the lease the server really granted, never shorter than the
 	// one asked for. Zero means exactly the TTL asked for.
 	TTL time.Duration
+	// Valid, if set, is how long the grant can be relied on, measured from
+	// before the request: shorter than TTL where the backend subtracts
+	// round-trip time and clock drift (Redlock). Lock.Expiry uses it. Zero
+	// means TTL.
+	Valid time.Duration
 	// Fence is the fencing number of this grant (strictly increasing across
 	// grants of a key) where Capabilities.Fencing is true, else 0. A
 	// re-acquire by the holder keeps the grant's fence.
@@ -82,4 +87,12 @@ type LossWatcher interface {
 	// WatchLoss returns a channel that is closed when the grant of key to
 	// token is known to be lost, and a function that stops watching.
 	WatchLoss(key, token string) (<-chan struct{}, func())
+}
+
+// valid is how long the grant can be relied on.
+func (g Grant) valid() time.Duration {
+	if g.Valid > 0 && g.Valid < g.TTL {
+		return g.Valid
+	}
+	return g.TTL
 }

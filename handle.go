@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -17,6 +18,8 @@ type Lock struct {
 	key   string
 	token string
 	fence uint64
+
+	releasing atomic.Bool
 
 	mu      sync.Mutex
 	ttl     time.Duration
@@ -71,19 +74,22 @@ func (l *Lock) Extend(ctx context.Context, ttl time.Duration) error {
 		}
 		return err
 	}
-	l.extended(g.TTL, t0)
+	l.extended(g, t0)
 	return nil
 }
 
 // Release frees the lock. If it was not held any more Release returns
 // ErrNotHeld (and the handle reports the loss).
 func (l *Lock) Release(ctx context.Context) error {
+	l.releasing.Store(true) // a renewal racing with this release must not report a loss
 	err := l.m.Release(ctx, l.key, l.token)
 	switch {
 	case err == nil:
 		l.finish(nil)
 	case errors.Is(err, ErrNotHeld):
 		l.finish(&Error{Op: "release", Key: l.key, Kind: ErrLockLost, Err: err})
+	default:
+		l.releasing.Store(false)
 	}
 	return err
 }
@@ -100,7 +106,7 @@ func (m *Manager) Lock(ctx context.Context, key string, ttl time.Duration, opts 
 	if err != nil {
 		return nil, err
 	}
-	l := &Lock{m: m, key: key, token: token, fence: g.Fence, ttl: g.TTL, expiry: t0.Add(g.TTL), done: make(chan struct{})}
+	l := &Lock{m: m, key: key, token: token, fence: g.Fence, ttl: g.TTL, expiry: t0.Add(g.valid()), done: make(chan struct{})}
 
 	m.mu.Lock()
 	if m.closed.Load() { // Close ran while we acquired: do not leave goroutines behind
@@ -133,14 +139,14 @@ func (m *Manager) Lock(ctx context.Context, key string, ttl time.Duration, opts 
 }
 
 // extended records a successful extension started at t0.
-func (l *Lock) extended(ttl time.Duration, t0 time.Time) {
+func (l *Lock) extended(g Grant, t0 time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.ended {
 		return
 	}
-	l.ttl = ttl
-	if exp := t0.Add(ttl); exp.After(l.expiry) {
+	l.ttl = g.TTL
+	if exp := t0.Add(g.valid()); exp.After(l.expiry) {
 		l.expiry = exp
 		l.timer.Reset(time.Until(exp))
 	}
@@ -202,10 +208,12 @@ func (l *Lock) renew() {
 		cancel()
 		switch {
 		case err == nil:
-			l.extended(g.TTL, t0)
+			l.extended(g, t0)
 			interval = time.Duration(float64(ttl) * l.m.cfg.renewFrac)
 		case errors.Is(err, ErrNotHeld):
-			l.finish(&Error{Op: "renew", Key: l.key, Kind: ErrLockLost, Err: err})
+			if !l.releasing.Load() { // else Release is ending the lock itself
+				l.finish(&Error{Op: "renew", Key: l.key, Kind: ErrLockLost, Err: err})
+			}
 			return
 		case errors.Is(err, ErrClosed):
 			return

@@ -62,8 +62,10 @@ type LockManager interface {
 	Do(ctx context.Context, key string, ttl time.Duration, fn func(ctx context.Context) error, opts ...LockOption) error
 
 	// Close stops auto-renewal, closes the backend and makes every later
-	// call return ErrClosed. Held locks are not released: they expire by
-	// their TTL. Close may be called more than once.
+	// call return ErrClosed. Held locks are not released explicitly: they
+	// expire by their TTL, or sooner where closing the backend ends them
+	// (PostgreSQL session locks end with their session). Close may be
+	// called more than once.
 	Close() error
 }
 

@@ -135,15 +135,13 @@ func (m *Manager) acquire(ctx context.Context, key string, ttl time.Duration, to
 				sub, unsub, retryNow = c, stop, true
 			}
 		}
-		if retryNow { // subscribed after the failed attempt: look once more
+		if retryNow { // subscribed after the failed attempt: look once more (not counted as an attempt)
 			retryNow = false
+			attempt--
 			continue
 		}
 		d, ok := retry.NextBackoff(attempt, time.Since(start))
 		if !ok {
-			if kind == ErrNotAcquired {
-				return "", Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: ErrNotAcquired}
-			}
 			return "", Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: kind, Err: cause(err, kind)}
 		}
 		if timer == nil {

@@ -120,11 +120,20 @@ var lossCases = []Case{
 		}
 		m := e.Manager(t)
 		key := e.Key("do-loss")
-		started := make(chan struct{})
+		started, revoked := make(chan struct{}), make(chan error, 1)
 		go func() {
 			<-started
-			if err := rv.Revoke(t.Context(), key); err != nil {
-				t.Errorf("harness Revoke: %v", err)
+			revoked <- rv.Revoke(t.Context(), key)
+		}()
+		defer func() {
+			select {
+			case <-started:
+				if err := <-revoked; err != nil {
+					t.Errorf("harness Revoke: %v", err)
+				}
+			default:
+				close(started) // fn never ran: let the goroutine end
+				<-revoked
 			}
 		}()
 		err := m.Do(t.Context(), key, e.Short, func(ctx context.Context) error {

@@ -1,0 +1,108 @@
+package redsync_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/distlock/distlock"
+	redsyncLocker "github.com/distlock/distlock/backends/redsync"
+	"github.com/distlock/distlock/conformance"
+	"github.com/distlock/distlock/internal/testserver"
+	"github.com/redis/go-redis/v9"
+)
+
+// singleHarness runs the suite against one redis-server of its own.
+type singleHarness struct {
+	srv  *testserver.Redis
+	opts []redsyncLocker.Option
+}
+
+func (h singleHarness) NewBackend(ctx context.Context) (distlock.Backend, error) {
+	c := redis.NewClient(&redis.Options{Addr: h.srv.Addr, ContextTimeoutEnabled: true})
+	return redsyncLocker.NewBackend(c, append(h.opts, redsyncLocker.WithCloseClient())...), nil
+}
+
+func (h singleHarness) Stop(context.Context) error { return h.srv.Kill() }
+
+func (h singleHarness) Start(ctx context.Context) error { return h.srv.Start(ctx) }
+
+func (h singleHarness) Revoke(ctx context.Context, key string) error {
+	return revoke(ctx, []*testserver.Redis{h.srv}, key)
+}
+
+// redlockHarness runs the suite against a Redlock of its own masters.
+type redlockHarness struct{ srvs []*testserver.Redis }
+
+func (h redlockHarness) NewBackend(ctx context.Context) (distlock.Backend, error) {
+	return redsyncLocker.NewRedlock(redlockClients(h.srvs), redsyncLocker.WithCloseClient())
+}
+
+// Stop kills every master.
+func (h redlockHarness) Stop(context.Context) error {
+	var errs error
+	for _, s := range h.srvs {
+		errs = errors.Join(errs, s.Kill())
+	}
+	return errs
+}
+
+func (h redlockHarness) Start(ctx context.Context) error {
+	var errs error
+	for _, s := range h.srvs {
+		errs = errors.Join(errs, s.Start(ctx))
+	}
+	return errs
+}
+
+func (h redlockHarness) Revoke(ctx context.Context, key string) error {
+	return revoke(ctx, h.srvs, key)
+}
+
+// revoke deletes key on every server at once, as an operator would. It
+// finishes even if ctx ends meanwhile: a case may end as soon as the first
+// deletions made it lose the lock.
+func revoke(ctx context.Context, srvs []*testserver.Redis, key string) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	errs := make([]error, len(srvs))
+	var wg sync.WaitGroup
+	for i, s := range srvs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := redis.NewClient(&redis.Options{Addr: s.Addr})
+			errs[i] = c.Del(ctx, key).Err()
+			_ = c.Close()
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+var (
+	_ conformance.Stopper = singleHarness{}
+	_ conformance.Revoker = singleHarness{}
+	_ conformance.Stopper = redlockHarness{}
+	_ conformance.Revoker = redlockHarness{}
+)
+
+func TestConformance(t *testing.T) {
+	t.Run("SingleNode", func(t *testing.T) {
+		conformance.Run(t, singleHarness{srv: testserver.StartRedis(t, testserver.RedisOptions{})})
+	})
+	t.Run("SingleNodeWithoutFencing", func(t *testing.T) {
+		conformance.Run(t, singleHarness{
+			srv:  testserver.StartRedis(t, testserver.RedisOptions{}),
+			opts: []redsyncLocker.Option{redsyncLocker.WithoutFencing()},
+		})
+	})
+	t.Run("Redlock5", func(t *testing.T) {
+		// A Redlock grant loses its round time and drift allowance from
+		// the TTL, and five servers share this machine with the race
+		// detector: a 1s short TTL keeps the expiry cases meaningful.
+		conformance.Run(t, redlockHarness{srvs: startN(t, 5)}, conformance.WithShortTTL(time.Second))
+	})
+}

@@ -1,0 +1,190 @@
+package redsync
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/distlock/distlock"
+	"github.com/redis/go-redis/v9"
+)
+
+// URL forms registered with distlock.Open (import this package, with a
+// blank import if need be):
+//
+//	redis://[[user]:password@]host:port[/db][?fencing=false&go-redis options]
+//	rediss://…                                  (TLS)
+//	redlock://[[user]:password@]h1:p1,h2:p2,h3:p3[/db][?addr=h4:p4&…]
+//	redlocks://…                                (Redlock over TLS)
+//
+// The redis forms are go-redis's own (redis.ParseURL: dial_timeout,
+// pool_size, protocol, … as query parameters), plus fencing=false for
+// WithoutFencing. In the redlock forms every
+// host in the comma list needs its port; masters may also be named with
+// repeated addr parameters; user, password, db and the other parameters
+// apply to every master. Opening pings the server (or the masters: a
+// quorum must answer) so that a wrong address, a wrong password or a
+// server that is not Redis is reported at once; passwords never appear in
+// the errors.
+func init() {
+	distlock.Register("redis", openRedis)
+	distlock.Register("rediss", openRedis)
+	distlock.Register("redlock", openRedlock)
+	distlock.Register("redlocks", openRedlock)
+}
+
+// openPingTimeout bounds the ping of Open when ctx has no deadline.
+const openPingTimeout = 5 * time.Second
+
+func openRedis(ctx context.Context, u *url.URL) (distlock.Backend, error) {
+	var bopts []Option
+	q := u.Query()
+	if q.Has("fencing") {
+		switch strings.ToLower(q.Get("fencing")) {
+		case "false", "0", "off", "no":
+			bopts = append(bopts, WithoutFencing())
+		case "true", "1", "on", "yes":
+		default:
+			return nil, fmt.Errorf("%w: fencing=%q: want true or false", distlock.ErrInvalidArgument, q.Get("fencing"))
+		}
+		q.Del("fencing")
+		c := *u
+		c.RawQuery = q.Encode()
+		u = &c
+	}
+	opts, err := parseURL(u.String())
+	if err != nil {
+		return nil, err
+	}
+	client := redis.NewClient(opts)
+	if err := ping(ctx, client); err != nil {
+		_ = client.Close()
+		return nil, err
+	}
+	return &Backend{n: newNode(client, true, newConfig(bopts))}, nil
+}
+
+func openRedlock(ctx context.Context, u *url.URL) (distlock.Backend, error) {
+	scheme := "redis"
+	if strings.EqualFold(u.Scheme, "redlocks") {
+		scheme = "rediss"
+	}
+	q := u.Query()
+	var addrs []string
+	for _, h := range strings.Split(u.Host, ",") {
+		if h = strings.TrimSpace(h); h != "" {
+			addrs = append(addrs, h)
+		}
+	}
+	addrs = append(addrs, q["addr"]...)
+	q.Del("addr")
+	if len(addrs) == 0 {
+		return nil, fmt.Errorf("%w: redlock URL names no master (redlock://h1:p1,h2:p2,h3:p3)", distlock.ErrInvalidArgument)
+	}
+	clients := make([]*redis.Client, 0, len(addrs))
+	closeAll := func() {
+		for _, c := range clients {
+			_ = c.Close()
+		}
+	}
+	for _, a := range addrs {
+		nu := url.URL{Scheme: scheme, User: u.User, Host: a, Path: u.Path, RawQuery: q.Encode()}
+		opts, err := parseURL(nu.String())
+		if err != nil {
+			closeAll()
+			return nil, err
+		}
+		// Redlock tolerates a failed master by design: answer fast
+		// rather than retry against a dead one.
+		if !q.Has("max_retries") {
+			opts.MaxRetries = -1
+		}
+		clients = append(clients, redis.NewClient(opts))
+	}
+	errs := make([]error, len(clients))
+	done := make(chan struct{}, len(clients))
+	for i, c := range clients {
+		go func() {
+			errs[i] = ping(ctx, c)
+			done <- struct{}{}
+		}()
+	}
+	for range clients {
+		<-done
+	}
+	var failed []error
+	for _, err := range errs {
+		if err == nil {
+			continue
+		}
+		if !errors.Is(err, distlock.ErrUnavailable) || isConfigError(err) {
+			closeAll()
+			return nil, err
+		}
+		failed = append(failed, err)
+	}
+	if quorum := len(clients)/2 + 1; len(clients)-len(failed) < quorum {
+		closeAll()
+		return nil, distlock.Unavailable(fmt.Errorf("redlock: only %d of %d masters answer, quorum is %d: %w", len(clients)-len(failed), len(clients), quorum, errors.Join(failed...)))
+	}
+	ucs := make([]redis.UniversalClient, len(clients))
+	for i, c := range clients {
+		ucs[i] = c
+	}
+	r, err := newRedlock(ucs, true, newConfig(nil))
+	if err != nil {
+		closeAll()
+		return nil, err
+	}
+	return r, nil
+}
+
+// parseURL is redis.ParseURL with distlock's defaults and error kinds.
+func parseURL(raw string) (*redis.Options, error) {
+	opts, err := redis.ParseURL(raw)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", distlock.ErrInvalidArgument, err)
+	}
+	// Let ctx deadlines interrupt commands to a stalled server.
+	opts.ContextTimeoutEnabled = true
+	return opts, nil
+}
+
+// ping checks that addr speaks Redis and accepts the credentials.
+func ping(ctx context.Context, c *redis.Client) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, openPingTimeout)
+		defer cancel()
+	}
+	addr := c.Options().Addr
+	err := c.Ping(ctx).Err()
+	if err == nil {
+		return nil
+	}
+	err = classify(err)
+	if isConfigError(err) {
+		return fmt.Errorf("redis at %s: %w", addr, err)
+	}
+	if isProtocolError(err) {
+		return distlock.Unavailable(fmt.Errorf("redis at %s: the server does not speak the Redis protocol: %w", addr, err))
+	}
+	return distlock.Unavailable(fmt.Errorf("redis at %s: %w", addr, err))
+}
+
+func isConfigError(err error) bool {
+	return strings.Contains(err.Error(), "authentication failed")
+}
+
+func isProtocolError(err error) bool {
+	msg := err.Error()
+	for _, s := range []string{"can't parse", "invalid reply", "unknown reply", "protocol error", "EOF", "connection reset"} {
+		if strings.Contains(msg, s) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,372 @@
+// Package bench measures distlock backends against each other and against
+// their peers (raw clients, go-redsync, bsm/redislock) with one harness.
+//
+// It is a module of its own (github.com/distlock/distlock/bench) so that the
+// peers it compares against never become dependencies of the library. Each
+// backend adds a _test.go file whose benchmarks turn a lock implementation
+// into a LockFunc and hand it to Uncontended, Parallel or Contended:
+//
+//	go test -run '^$' -bench . -benchtime 3s ./...   (from bench/)
+//
+// Only ratios measured side by side in one run mean anything; absolute
+// figures depend on the machine and its load.
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// LockFunc acquires key, blocking and retrying until it is granted or ctx
+// ends, and returns a func that releases it.
+type LockFunc func(ctx context.Context, key string) (unlock func(context.Context) error, err error)
+
+// opTimeout bounds one acquire+release in Uncontended and Parallel: a
+// benchmark that cannot get a free lock within it fails instead of hanging.
+const opTimeout = 10 * time.Second
+
+// Uncontended measures acquire+release of a free key from one goroutine.
+// Besides ns/op it reports allocs/op and the latency percentiles p50-µs and
+// p99-µs of one acquire+release pair.
+func Uncontended(b *testing.B, lock LockFunc) {
+	b.Helper()
+	ctx := context.Background()
+	key := fmt.Sprintf("bench:uncontended:%d", time.Now().UnixNano())
+	samples := make([]time.Duration, b.N)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		t0 := time.Now()
+		if err := lockUnlock(ctx, key, lock); err != nil {
+			b.Fatal(err)
+		}
+		samples[i] = time.Since(t0)
+	}
+	b.StopTimer()
+	p50, p99 := percentiles(samples)
+	b.ReportMetric(float64(p50.Nanoseconds())/1e3, "p50-µs")
+	b.ReportMetric(float64(p99.Nanoseconds())/1e3, "p99-µs")
+}
+
+// Parallel measures acquire+release throughput of goroutines goroutines,
+// each on a key of its own (so nobody waits for anybody), and reports ops/s
+// and allocs/op.
+func Parallel(b *testing.B, goroutines int, lock LockFunc) {
+	b.Helper()
+	if goroutines < 1 {
+		goroutines = 1
+	}
+	ctx := context.Background()
+	prefix := fmt.Sprintf("bench:parallel:%d:", time.Now().UnixNano())
+	var (
+		next    atomic.Int64
+		wg      sync.WaitGroup
+		errOnce sync.Once
+		first   error
+	)
+	b.ReportAllocs()
+	b.ResetTimer()
+	start := time.Now()
+	for g := 0; g < goroutines; g++ {
+		wg.Add(1)
+		go func(key string) {
+			defer wg.Done()
+			for next.Add(1) <= int64(b.N) {
+				if err := lockUnlock(ctx, key, lock); err != nil {
+					errOnce.Do(func() { first = err })
+					return
+				}
+			}
+		}(fmt.Sprint(prefix, g))
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	b.StopTimer()
+	if first != nil {
+		b.Fatal(first)
+	}
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "ops/s")
+}
+
+func lockUnlock(ctx context.Context, key string, lock LockFunc) error {
+	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	unlock, err := lock(ctx, key)
+	if err != nil {
+		return fmt.Errorf("lock %q: %w", key, err)
+	}
+	if err := unlock(ctx); err != nil {
+		return fmt.Errorf("unlock %q: %w", key, err)
+	}
+	return nil
+}
+
+// ContendedResult is what Contended measured.
+type ContendedResult struct {
+	// OwnerChangesPerSec counts grants to another goroutine than the
+	// previous holder, per second: how fast the lock is handed off.
+	OwnerChangesPerSec float64
+	// WaitP50 and WaitP99 are percentiles of the time one acquire waited.
+	WaitP50, WaitP99 time.Duration
+	// MostGrants and LeastGrants are the grant counts of the luckiest and
+	// the unluckiest goroutine (fairness).
+	MostGrants, LeastGrants int
+	// Total is the number of grants.
+	Total int
+	// Failures counts acquires that gave up (the lock's own retry limit)
+	// before the run ended; they are not errors of the harness.
+	Failures int
+}
+
+// String formats r for logs and docs.
+func (r ContendedResult) String() string {
+	return fmt.Sprintf("owner-changes/s=%.0f wait-p50=%v wait-p99=%v grants=%d most=%d least=%d failures=%d",
+		r.OwnerChangesPerSec, r.WaitP50.Round(time.Microsecond), r.WaitP99.Round(time.Microsecond),
+		r.Total, r.MostGrants, r.LeastGrants, r.Failures)
+}
+
+// Report adds r's figures to b as metrics.
+func (r ContendedResult) Report(b *testing.B) {
+	b.ReportMetric(r.OwnerChangesPerSec, "owner-changes/s")
+	b.ReportMetric(float64(r.WaitP50.Nanoseconds())/1e3, "wait-p50-µs")
+	b.ReportMetric(float64(r.WaitP99.Nanoseconds())/1e3, "wait-p99-µs")
+	b.ReportMetric(float64(r.MostGrants), "most-grants")
+	b.ReportMetric(float64(r.LeastGrants), "least-grants")
+	b.ReportMetric(float64(r.Failures), "failures")
+}
+
+// ErrNotExclusive is returned by Contended when two goroutines held the
+// lock at once.
+var ErrNotExclusive = errors.New("bench: two holders at once: the lock is not exclusive")
+
+// Contended runs goroutines goroutines for about d, each looping acquire →
+// increment a shared counter → release on one key, and measures the
+// hand-off. It stops early and returns an error if the lock is not
+// exclusive or a release fails; acquires that give up count as Failures.
+func Contended(ctx context.Context, goroutines int, d time.Duration, lock LockFunc) (ContendedResult, error) {
+	if goroutines < 1 {
+		goroutines = 1
+	}
+	key := fmt.Sprintf("bench:contended:%d", time.Now().UnixNano())
+	runCtx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+
+	var (
+		inside   atomic.Bool
+		mu       sync.Mutex // guards the fields below
+		counter  int        // incremented while holding the lock under test
+		last     = -1
+		changes  int
+		waits    []time.Duration
+		grants   = make([]int, goroutines)
+		failures int
+		firstErr error
+		wg       sync.WaitGroup
+	)
+	fail := func(err error) {
+		mu.Lock()
+		if firstErr == nil {
+			firstErr = err
+		}
+		mu.Unlock()
+		cancel()
+	}
+	start := time.Now()
+	for g := 0; g < goroutines; g++ {
+		wg.Add(1)
+		go func(id int) {
+			defer wg.Done()
+			local := make([]time.Duration, 0, 1024)
+			defer func() {
+				mu.Lock()
+				waits = append(waits, local...)
+				mu.Unlock()
+			}()
+			for runCtx.Err() == nil {
+				t0 := time.Now()
+				unlock, err := lock(runCtx, key)
+				if err != nil {
+					if runCtx.Err() != nil {
+						return
+					}
+					mu.Lock()
+					failures++
+					mu.Unlock()
+					continue
+				}
+				local = append(local, time.Since(t0))
+				if !inside.CompareAndSwap(false, true) {
+					fail(ErrNotExclusive)
+				}
+				// The race detector cannot see the exclusion the lock
+				// gives through the server, so the shared counters are
+				// also under mu; inside detects overlapping holders.
+				mu.Lock()
+				counter++
+				if last != id {
+					if last != -1 {
+						changes++
+					}
+					last = id
+				}
+				grants[id]++
+				mu.Unlock()
+				inside.Store(false)
+				uctx, ucancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
+				err = unlock(uctx)
+				ucancel()
+				if err != nil {
+					fail(fmt.Errorf("unlock: %w", err))
+					return
+				}
+			}
+		}(g)
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	if firstErr != nil {
+		return ContendedResult{}, firstErr
+	}
+	r := ContendedResult{Total: counter, Failures: failures}
+	total := 0
+	r.LeastGrants = grants[0]
+	for _, n := range grants {
+		total += n
+		r.MostGrants = max(r.MostGrants, n)
+		r.LeastGrants = min(r.LeastGrants, n)
+	}
+	if total != counter {
+		return r, fmt.Errorf("%w: %d grants but the counter says %d", ErrNotExclusive, total, counter)
+	}
+	r.OwnerChangesPerSec = float64(changes) / elapsed.Seconds()
+	r.WaitP50, r.WaitP99 = percentiles(waits)
+	return r, nil
+}
+
+// percentiles returns the 50th and 99th percentiles of samples (sorted in
+// place).
+func percentiles(samples []time.Duration) (p50, p99 time.Duration) {
+	if len(samples) == 0 {
+		return 0, 0
+	}
+	slices.Sort(samples)
+	at := func(q float64) time.Duration {
+		i := int(q*float64(len(samples)) + 0.5)
+		return samples[min(max(i-1, 0), len(samples)-1)]
+	}
+	return at(0.50), at(0.99)
+}
+
+// NamedLock is a LockFunc with the name its figures are reported under.
+type NamedLock struct {
+	Name string
+	Lock LockFunc
+}
+
+// Interleaved measures uncontended acquire+release like Uncontended, but
+// for several locks at once, taking turns every iteration, so that a
+// machine whose load changes during the run (a shared CI box) affects all
+// of them alike. It reports <name>-p50-µs and <name>-p99-µs for each lock
+// and, for every lock after the first, <name>/<first>-p50: the ratio of
+// its median to the first one's (put the baseline first).
+func Interleaved(b *testing.B, locks ...NamedLock) {
+	b.Helper()
+	if len(locks) == 0 {
+		return
+	}
+	ctx := context.Background()
+	keys := make([]string, len(locks)) // one each: a lock's late cleanup never delays another
+	samples := make([][]time.Duration, len(locks))
+	for i := range samples {
+		keys[i] = fmt.Sprintf("bench:interleaved:%d:%s", time.Now().UnixNano(), locks[i].Name)
+		samples[i] = make([]time.Duration, b.N)
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		for j, l := range locks {
+			t0 := time.Now()
+			if err := lockUnlock(ctx, keys[j], l.Lock); err != nil {
+				b.Fatalf("%s: %v", l.Name, err)
+			}
+			samples[j][i] = time.Since(t0)
+		}
+	}
+	b.StopTimer()
+	var base time.Duration
+	for j, l := range locks {
+		p50, p99 := percentiles(samples[j])
+		b.ReportMetric(float64(p50.Nanoseconds())/1e3, l.Name+"-p50-µs")
+		b.ReportMetric(float64(p99.Nanoseconds())/1e3, l.Name+"-p99-µs")
+		if j == 0 {
+			base = p50
+		} else if base > 0 {
+			b.ReportMetric(float64(p50)/float64(base), l.Name+"/"+locks[0].Name+"-p50")
+		}
+	}
+}
+
+// ParallelInterleaved measures the throughput of several locks like
+// Parallel (goroutines goroutines, each on a key of its own), taking turns
+// in phases of about phase each for b.N rounds, so that a machine whose
+// load changes during the run affects all of them alike. It reports
+// <name>-ops/s for each lock and <name>/<first>-ops: the ratio to the
+// first lock's throughput (put the baseline first).
+func ParallelInterleaved(b *testing.B, goroutines int, phase time.Duration, locks ...NamedLock) {
+	b.Helper()
+	if goroutines < 1 {
+		goroutines = 1
+	}
+	ctx := context.Background()
+	prefix := fmt.Sprintf("bench:parallel-interleaved:%d:", time.Now().UnixNano())
+	ops := make([]int64, len(locks))
+	busy := make([]time.Duration, len(locks))
+	b.ResetTimer()
+	for round := 0; round < b.N; round++ {
+		for j, l := range locks {
+			var (
+				n       atomic.Int64
+				wg      sync.WaitGroup
+				errOnce sync.Once
+				first   error
+			)
+			start := time.Now()
+			end := start.Add(phase)
+			for g := 0; g < goroutines; g++ {
+				wg.Add(1)
+				go func(key string) {
+					defer wg.Done()
+					for time.Now().Before(end) {
+						if err := lockUnlock(ctx, key, l.Lock); err != nil {
+							errOnce.Do(func() { first = err })
+							return
+						}
+						n.Add(1)
+					}
+				}(fmt.Sprint(prefix, l.Name, ":", g))
+			}
+			wg.Wait()
+			if first != nil {
+				b.Fatalf("%s: %v", l.Name, first)
+			}
+			ops[j] += n.Load()
+			busy[j] += time.Since(start)
+		}
+	}
+	b.StopTimer()
+	var base float64
+	for j, l := range locks {
+		rate := float64(ops[j]) / busy[j].Seconds()
+		b.ReportMetric(rate, l.Name+"-ops/s")
+		if j == 0 {
+			base = rate
+		} else if base > 0 {
+			b.ReportMetric(rate/base, l.Name+"/"+locks[0].Name+"-ops")
+		}
+	}
+}
