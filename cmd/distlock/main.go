@@ -1,0 +1,337 @@
+// Command distlock runs commands under a distributed lock, books seats in a
+// zero-setup demo, and checks a live lock deployment against the
+// conformance suite.
+//
+//	distlock demo                                        # embedded engine, nothing to install
+//	distlock run --url redis://localhost:6379 --key nightly-report --ttl 30s -- ./report.sh
+//	TOKEN=$(distlock acquire --key deploy --ttl 5m)      # shell scripts: acquire / extend / release
+//	distlock check --url etcd://10.0.0.5:2379            # conformance checks against a deployment
+//
+// Every command takes --url (default $DISTLOCK_URL), --json and --help.
+// Exit codes are listed in docs/cli.md and by `distlock help exit-codes`.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"github.com/distlock/distlock"
+)
+
+// Exit codes. They are part of the command's interface: scripts test them.
+const (
+	exitOK          = 0 // success
+	exitError       = 1 // any other failure
+	exitUsage       = 2 // bad flags, arguments or URL
+	exitNotAcquired = 3 // the lock is held by someone else (and --wait ran out)
+	exitNotHeld     = 4 // the token does not hold the lock (release, extend, status)
+	exitLockLost    = 5 // run: the lock was lost while CMD ran
+	exitUnavailable = 6 // the backend could not be reached or failed
+	exitCheckFailed = 7 // check: at least one conformance check failed
+)
+
+// envURL is the environment variable --url defaults to.
+const envURL = "DISTLOCK_URL"
+
+// opTimeout bounds one backend round trip (open, release, extend, probe)
+// made by the CLI.
+const opTimeout = 10 * time.Second
+
+type command struct {
+	name    string
+	summary string
+	run     func(ctx context.Context, env *cliEnv, args []string) int
+}
+
+var commands []command
+
+func init() {
+	commands = []command{
+		{"demo", "book seats with many concurrent clients, without and with the lock", runDemo},
+		{"run", "run a command while holding a lock", runRun},
+		{"acquire", "take a lock and print its token (for shell scripts)", runAcquire},
+		{"release", "release a lock held by a token", runRelease},
+		{"extend", "reset the TTL of a lock held by a token", runExtend},
+		{"status", "show the backend, and whether a token holds a lock", runStatus},
+		{"check", "run the conformance checks against a live deployment", runCheck},
+	}
+}
+
+// cliEnv is what commands read from and write to: the process's stdio and
+// environment in the binary.
+type cliEnv struct {
+	stdin          io.Reader
+	stdout, stderr io.Writer
+	getenv         func(string) string
+}
+
+func main() {
+	env := &cliEnv{stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv}
+	os.Exit(mainArgs(context.Background(), env, os.Args[1:]))
+}
+
+func mainArgs(ctx context.Context, env *cliEnv, args []string) int {
+	if len(args) == 0 {
+		topUsage(env.stderr)
+		return exitUsage
+	}
+	name := args[0]
+	switch name {
+	case "-h", "-help", "--help", "help":
+		if len(args) > 1 {
+			if args[1] == "exit-codes" {
+				fmt.Fprint(env.stdout, exitCodesHelp)
+				return exitOK
+			}
+			for _, c := range commands {
+				if c.name == args[1] {
+					return c.run(ctx, env, []string{"--help"})
+				}
+			}
+			fmt.Fprintf(env.stderr, "distlock: unknown command %q\n", args[1])
+			return exitUsage
+		}
+		topUsage(env.stdout)
+		return exitOK
+	case "version", "--version", "-version":
+		fmt.Fprintln(env.stdout, "distlock", version())
+		return exitOK
+	}
+	for _, c := range commands {
+		if c.name == name {
+			return c.run(ctx, env, args[1:])
+		}
+	}
+	fmt.Fprintf(env.stderr, "distlock: unknown command %q\nRun 'distlock --help' for the list of commands.\n", name)
+	return exitUsage
+}
+
+func topUsage(w io.Writer) {
+	fmt.Fprint(w, `distlock: distributed locks from the command line.
+
+Usage:
+  distlock <command> [flags] [-- CMD ARGS...]
+
+Commands:
+`)
+	for _, c := range commands {
+		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
+	}
+	fmt.Fprintf(w, `
+Every command takes --url (default $%s) and --json; 'distlock <command> --help'
+shows its flags and examples; 'distlock help exit-codes' lists the exit codes.
+
+Backends compiled in: %s
+
+Examples:
+  distlock demo
+  export %s=redis://localhost:6379
+  distlock run --key nightly-report --ttl 30s -- ./report.sh
+`, envURL, strings.Join(distlock.Schemes(), ", "), envURL)
+}
+
+const exitCodesHelp = `Exit codes:
+  0    success
+  1    other failure (see the message on stderr)
+  2    usage: bad flags or arguments, malformed URL, unknown scheme
+  3    lock not acquired: another token holds it (after --wait); 'run' takes
+       --conflict-exit-code to choose another value
+  4    not held: the token does not hold the lock (release, extend, status)
+  5    run: the lock was lost while CMD ran; CMD was stopped
+  6    backend unavailable
+  7    check: at least one conformance check failed
+  run exits with CMD's own status otherwise: its exit code, 128+N when it was
+  killed by signal N, 126 when it cannot be executed, 127 when not found.
+`
+
+// version is the module version the binary was built from, if known.
+func version() string {
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+		return bi.Main.Version
+	}
+	return "(devel)"
+}
+
+// newFlags returns a FlagSet for a command, with nothing registered yet.
+// Its Usage prints the command's help, examples and flags.
+func newFlags(name, synopsis, help string) *flag.FlagSet {
+	fs := flag.NewFlagSet("distlock "+name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {
+		w := fs.Output()
+		fmt.Fprintf(w, "Usage: distlock %s %s\n\n%s\nFlags:\n", name, synopsis, strings.TrimLeft(help, "\n"))
+		fs.VisitAll(func(f *flag.Flag) {
+			typ, usage := flag.UnquoteUsage(f)
+			if typ != "" {
+				typ = " " + typ
+			}
+			def := ""
+			if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0s" && f.DefValue != "0" {
+				def = fmt.Sprintf(" (default %s)", f.DefValue)
+			}
+			fmt.Fprintf(w, "  --%s%s\n        %s%s\n", f.Name, typ, usage, def)
+		})
+	}
+	return fs
+}
+
+// common are the flags every command that talks to a backend shares.
+type common struct {
+	url  string
+	json bool
+}
+
+func (c *common) register(fs *flag.FlagSet) {
+	fs.StringVar(&c.url, "url", "", "backend URL, e.g. redis://host:6379, etcd://host:2379, postgres://user@host/db, memory:// (default $"+envURL+")")
+	fs.BoolVar(&c.json, "json", false, "print the result as one JSON object on stdout")
+}
+
+// parse parses args. On --help it prints the help to stdout and returns
+// exitOK with done; on a bad flag it prints a short error and returns
+// exitUsage with done.
+func parse(fs *flag.FlagSet, env *cliEnv, args []string) (code int, done bool) {
+	err := fs.Parse(args)
+	switch {
+	case err == nil:
+		return 0, false
+	case errors.Is(err, flag.ErrHelp):
+		fs.SetOutput(env.stdout)
+		fs.Usage()
+		return exitOK, true
+	}
+	return usageError(env, fs.Name(), "%v", err), true
+}
+
+// usageError prints a usage error and returns exitUsage.
+func usageError(env *cliEnv, cmd, format string, args ...any) int {
+	fmt.Fprintf(env.stderr, "%s: %s\nRun '%s --help' for usage.\n", cmd, fmt.Sprintf(format, args...), cmd)
+	return exitUsage
+}
+
+// resolveURL applies the $DISTLOCK_URL default and checks the URL's shape
+// without contacting the backend.
+func (c *common) resolveURL(env *cliEnv, cmd string) (string, int, bool) {
+	raw := c.url
+	if raw == "" {
+		raw = env.getenv(envURL)
+	}
+	if raw == "" {
+		return "", usageError(env, cmd, "no backend URL: pass --url or set %s (schemes: %s)", envURL, strings.Join(distlock.Schemes(), ", ")), false
+	}
+	u, err := url.Parse(raw)
+	if err != nil || u.Scheme == "" {
+		return "", usageError(env, cmd, "malformed backend URL (want scheme://…, e.g. redis://localhost:6379)"), false
+	}
+	scheme := strings.ToLower(u.Scheme)
+	known := false
+	for _, s := range distlock.Schemes() {
+		if s == scheme {
+			known = true
+		}
+	}
+	if !known {
+		return "", usageError(env, cmd, "unknown URL scheme %q in %s (compiled in: %s)", scheme, distlock.RedactURL(u), strings.Join(distlock.Schemes(), ", ")), false
+	}
+	return raw, 0, true
+}
+
+// redact returns raw with its secrets hidden, for messages.
+func redact(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(malformed URL)"
+	}
+	r := distlock.RedactURL(u)
+	if r == u.String() {
+		return raw // nothing secret: keep the spelling the user gave (memory://)
+	}
+	return r
+}
+
+// open resolves the URL and opens a Manager over it.
+func (c *common) open(ctx context.Context, env *cliEnv, cmd string, opts ...distlock.Option) (*distlock.Manager, string, int, bool) {
+	raw, code, ok := c.resolveURL(env, cmd)
+	if !ok {
+		return nil, "", code, false
+	}
+	octx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	m, err := distlock.Open(octx, raw, opts...)
+	if err != nil {
+		return nil, raw, c.fail(env, cmd, err), false
+	}
+	return m, raw, 0, true
+}
+
+// exitCode maps an error from distlock to the documented exit code.
+func exitCode(err error) int {
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.Is(err, distlock.ErrInvalidArgument):
+		return exitUsage
+	case errors.Is(err, distlock.ErrNotAcquired):
+		return exitNotAcquired
+	case errors.Is(err, distlock.ErrNotHeld):
+		return exitNotHeld
+	case errors.Is(err, distlock.ErrLockLost):
+		return exitLockLost
+	case errors.Is(err, distlock.ErrUnavailable):
+		return exitUnavailable
+	}
+	return exitError
+}
+
+// errorCode names an exit code in JSON output.
+func errorCode(code int) string {
+	switch code {
+	case exitUsage:
+		return "usage"
+	case exitNotAcquired:
+		return "not_acquired"
+	case exitNotHeld:
+		return "not_held"
+	case exitLockLost:
+		return "lock_lost"
+	case exitUnavailable:
+		return "unavailable"
+	case exitCheckFailed:
+		return "check_failed"
+	}
+	return "error"
+}
+
+// fail reports err (on stderr, and as JSON on stdout with --json) and
+// returns its exit code.
+func (c *common) fail(env *cliEnv, cmd string, err error) int {
+	code := exitCode(err)
+	msg := strings.TrimPrefix(err.Error(), "distlock: ")
+	fmt.Fprintf(env.stderr, "%s: %s\n", cmd, msg)
+	if c.json {
+		writeJSON(env.stdout, map[string]any{"ok": false, "error": msg, "code": errorCode(code), "exit_code": code})
+	}
+	return code
+}
+
+func writeJSON(w io.Writer, v any) {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+// noArgs reports an error if positional arguments remain.
+func noArgs(env *cliEnv, fs *flag.FlagSet) (int, bool) {
+	if fs.NArg() > 0 {
+		return usageError(env, fs.Name(), "unexpected argument %q", fs.Arg(0)), false
+	}
+	return 0, true
+}
