@@ -93,12 +93,11 @@ func (m *Manager) acquire(ctx context.Context, key string, ttl time.Duration, to
 	}
 
 	var (
-		start    = time.Now()
-		held     bool // some attempt of this call found the key held
-		sub      <-chan struct{}
-		unsub    func()
-		timer    *time.Timer
-		retryNow bool
+		start = time.Now()
+		held  bool // some attempt of this call found the key held
+		sub   <-chan struct{}
+		unsub func()
+		timer *time.Timer
 	)
 	defer func() {
 		if unsub != nil {
@@ -130,19 +129,19 @@ func (m *Manager) acquire(ctx context.Context, key string, ttl time.Duration, to
 		if kind != ErrNotAcquired && kind != ErrUnavailable {
 			return "", Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: kind, Err: cause(err, kind)}
 		}
-		if kind == ErrNotAcquired && sub == nil && m.notifier != nil {
-			if c, stop, serr := m.notifier.SubscribeRelease(ctx, key); serr == nil {
-				sub, unsub, retryNow = c, stop, true
-			}
-		}
-		if retryNow { // subscribed after the failed attempt: look once more (not counted as an attempt)
-			retryNow = false
-			attempt--
-			continue
-		}
 		d, ok := retry.NextBackoff(attempt, time.Since(start))
 		if !ok {
 			return "", Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: kind, Err: cause(err, kind)}
+		}
+		if kind == ErrNotAcquired && sub == nil && m.notifier != nil {
+			// Subscribe, then look once more before waiting, so a release
+			// between the failed attempt and the subscription is not
+			// missed. The re-check is not counted as an attempt.
+			if c, stop, serr := m.notifier.SubscribeRelease(ctx, key); serr == nil {
+				sub, unsub = c, stop
+				attempt--
+				continue
+			}
 		}
 		if timer == nil {
 			timer = time.NewTimer(d)
@@ -317,8 +316,11 @@ func cause(err, kind error) error {
 }
 
 func joinCtx(c, ctxErr error) error {
-	if c == nil || errors.Is(c, ctxErr) {
+	switch {
+	case c == nil:
 		return ctxErr
+	case errors.Is(c, ctxErr):
+		return c
 	}
 	return errors.Join(c, ctxErr)
 }

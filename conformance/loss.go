@@ -123,7 +123,7 @@ var lossCases = []Case{
 		started, revoked := make(chan struct{}), make(chan error, 1)
 		go func() {
 			<-started
-			revoked <- rv.Revoke(t.Context(), key)
+			revoked <- rv.Revoke(context.WithoutCancel(t.Context()), key)
 		}()
 		defer func() {
 			select {

@@ -61,7 +61,8 @@ var contextCases = []Case{
 		m1, m2 := e.Manager(t), e.Manager(t, distlock.WithRetry(distlock.LinearBackoff(20*time.Millisecond)))
 		key := e.Key("deadline")
 		mustAcquire(t, m1, key, e.Long)
-		ctx, cancel := contextWithTimeout(t, 300*time.Millisecond)
+		warmUp(t, e, m2)
+		ctx, cancel := contextWithTimeout(t, 500*time.Millisecond)
 		defer cancel()
 		_, err := m2.Acquire(ctx, key, e.Long)
 		late := time.Since(deadlineOf(ctx))
@@ -77,8 +78,9 @@ var contextCases = []Case{
 		m1, m2 := e.Manager(t), e.Manager(t, distlock.WithRetry(distlock.LinearBackoff(20*time.Millisecond)))
 		key := e.Key("cancel")
 		mustAcquire(t, m1, key, e.Long)
+		warmUp(t, e, m2)
 		ctx, cancel := context.WithCancel(t.Context())
-		timer := time.AfterFunc(200*time.Millisecond, cancel)
+		timer := time.AfterFunc(500*time.Millisecond, cancel)
 		defer timer.Stop()
 		_, err := m2.Lock(ctx, key, e.Long)
 		wantIs(t, err, distlock.ErrNotAcquired, context.Canceled)
@@ -94,6 +96,17 @@ var contextCases = []Case{
 			t.Fatalf("Acquire with a cancelled context took the lock")
 		}
 	}},
+}
+
+// warmUp makes m take and release a lock, so that connection set-up is
+// not what a short deadline measures.
+func warmUp(t TB, e *Env, m *distlock.Manager) {
+	t.Helper()
+	k := e.Key("warm-up")
+	tok := mustAcquire(t, m, k, e.Long)
+	if err := m.Release(t.Context(), k, tok); err != nil {
+		t.Fatalf("warm-up Release: %v", err)
+	}
 }
 
 func deadlineOf(ctx context.Context) time.Time {
