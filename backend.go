@@ -82,11 +82,16 @@ type ReleaseNotifier interface {
 }
 
 // LossWatcher is implemented by backends that learn by themselves when a
-// held lock is gone (a session died, a lease was revoked).
+// held lock is gone (a session died, a lease was revoked). Lock handles use
+// it to report a loss at once instead of at the next renewal or expiry.
 type LossWatcher interface {
-	// WatchLoss returns a channel that is closed when the grant of key to
-	// token is known to be lost, and a function that stops watching.
-	WatchLoss(key, token string) (<-chan struct{}, func())
+	// WatchLoss arranges for lost to be called, at most once, when the
+	// grant of key to token is known to be lost (not when its holder
+	// releases it). If the grant is not live any more, lost may be called
+	// at once. lost never blocks, so the backend may call it with its own
+	// locks held. stop ends the watch; lost may still run once concurrently
+	// with stop, never after stop has returned.
+	WatchLoss(key, token string, lost func()) (stop func())
 }
 
 // valid is how long the grant can be relied on.

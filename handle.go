@@ -117,17 +117,11 @@ func (m *Manager) Lock(ctx context.Context, key string, ttl time.Duration, opts 
 	l.mu.Lock()
 	l.timer = time.AfterFunc(time.Until(l.expiry), l.onExpiry)
 	if m.watcher != nil {
-		lost, stop := m.watcher.WatchLoss(key, token)
-		l.unwatch = stop
-		m.wg.Add(1)
-		go func() {
-			defer m.wg.Done()
-			select {
-			case <-lost:
-				l.finish(&Error{Op: "watch", Key: key, Kind: ErrLockLost, Err: errors.New("backend reported the lock gone")})
-			case <-l.done:
-			}
-		}()
+		l.unwatch = m.watcher.WatchLoss(key, token, func() {
+			// Called by the backend, maybe under its locks: finish (which
+			// calls unwatch) must run elsewhere.
+			go l.finish(&Error{Op: "watch", Key: key, Kind: ErrLockLost, Err: errors.New("backend reported the lock gone")})
+		})
 	}
 	if cfg.autoRenew {
 		m.wg.Add(1)

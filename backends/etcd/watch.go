@@ -141,7 +141,7 @@ func (b *Backend) dequeueLocked(k, token string) {
 type lossWatch struct {
 	token     string
 	fence     int64
-	ch        chan struct{}
+	lost      func()
 	fired     bool
 	released  bool // released by its holder through this backend: no loss
 	releasing int  // a Release of token is in flight
@@ -259,18 +259,19 @@ func (b *Backend) SubscribeRelease(ctx context.Context, key string) (<-chan stru
 }
 
 // WatchLoss implements distlock.LossWatcher for a grant made by this
-// backend: the channel closes when the key is deleted (released elsewhere,
+// backend: lost is called when the key is deleted (released elsewhere,
 // lease expired or revoked, deleted by hand) or re-created by anyone.
-func (b *Backend) WatchLoss(key, token string) (<-chan struct{}, func()) {
+func (b *Backend) WatchLoss(key, token string, lost func()) func() {
 	k := b.prefix + key
-	w := &lossWatch{token: token, ch: make(chan struct{})}
+	w := &lossWatch{token: token, lost: lost}
 	b.mu.Lock()
 	g := b.grants[k]
 	if b.closed || g == nil || g.token != token {
 		// Not a grant this backend knows to be live: it was lost already.
 		b.mu.Unlock()
-		close(w.ch)
-		return w.ch, func() {}
+		w.fired = true
+		lost()
+		return func() {}
 	}
 	w.fence = g.createRev
 	h := b.hubLocked(k)
@@ -280,7 +281,7 @@ func (b *Backend) WatchLoss(key, token string) (<-chan struct{}, func()) {
 	}
 	b.mu.Unlock()
 	var once sync.Once
-	return w.ch, func() {
+	return func() {
 		once.Do(func() {
 			b.mu.Lock()
 			defer b.mu.Unlock()
@@ -426,7 +427,7 @@ func (b *Backend) applyLocked(h *hub, ev *clientv3.Event) {
 	}
 }
 
-// checkLoss closes w's channel if the known state shows its grant gone.
+// checkLoss calls w.lost if the known state shows its grant gone.
 func checkLoss(h *hub, w *lossWatch) {
 	if w.fired || w.released || h.rev < w.fence {
 		return
@@ -444,7 +445,7 @@ func checkLoss(h *hub, w *lossWatch) {
 func fire(w *lossWatch) {
 	if !w.fired && !w.released {
 		w.fired = true
-		close(w.ch)
+		w.lost()
 	}
 }
 

@@ -68,7 +68,7 @@ type entry struct {
 
 type watcher struct {
 	token string
-	ch    chan struct{}
+	lost  func()
 }
 
 // NewStore returns an empty store.
@@ -137,7 +137,7 @@ func (s *Store) drop(key string, e *entry, lost bool) {
 	for w := range s.watchers[key] {
 		if w.token == e.token {
 			if lost {
-				close(w.ch)
+				w.lost()
 			}
 			delete(s.watchers[key], w)
 		}
@@ -251,21 +251,20 @@ func (b *backend) SubscribeRelease(ctx context.Context, key string) (<-chan stru
 	}, nil
 }
 
-func (b *backend) WatchLoss(key, token string) (<-chan struct{}, func()) {
+func (b *backend) WatchLoss(key, token string, lost func()) func() {
 	s := b.s
-	w := &watcher{token: token, ch: make(chan struct{})}
+	w := &watcher{token: token, lost: lost}
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	if e := s.live(key, time.Now()); e == nil || e.token != token {
-		close(w.ch)
-		s.mu.Unlock()
-		return w.ch, func() {}
+		lost()
+		return func() {}
 	}
 	if s.watchers[key] == nil {
 		s.watchers[key] = map[*watcher]struct{}{}
 	}
 	s.watchers[key][w] = struct{}{}
-	s.mu.Unlock()
-	return w.ch, func() {
+	return func() {
 		s.mu.Lock()
 		delete(s.watchers[key], w)
 		if len(s.watchers[key]) == 0 {

@@ -319,7 +319,7 @@ type held struct {
 	fence    uint64
 	expiry   time.Time
 	timer    *time.Timer
-	lost     chan struct{} // closed when the lock is lost (not on release)
+	watch    map[*lossCB]struct{} // WatchLoss callbacks, called when the lock is lost (not on release)
 	gone     bool
 	released bool // gone by Release
 }
@@ -404,8 +404,11 @@ func (b *Backend) dropLocked(h *held, lost bool) {
 		delete(h.s.held, h)
 	}
 	if lost {
-		close(h.lost)
+		for cb := range h.watch {
+			cb.fn()
+		}
 	}
+	h.watch = nil
 	for ch := range b.subs[h.key] {
 		select {
 		case ch <- struct{}{}:
@@ -456,7 +459,7 @@ func (b *Backend) Acquire(ctx context.Context, key, token string, ttl time.Durat
 	}
 	b.forgetDeadLocked(key)
 	s := b.sessionFor(id)
-	h := &held{key: key, id: id, token: token, s: s, pending: true, lost: make(chan struct{})}
+	h := &held{key: key, id: id, token: token, s: s, pending: true}
 	b.locks[key], b.ids[id] = h, h
 	o := &op{kind: opLock, id: id, h: h, ttl: ttl, done: make(chan struct{})}
 	s.enqueueLocked(o)
@@ -679,19 +682,29 @@ func (b *Backend) SubscribeRelease(ctx context.Context, key string) (<-chan stru
 	}, nil
 }
 
-// closedCh is returned by WatchLoss for locks not held.
-var closedCh = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
+// lossCB is one WatchLoss registration.
+type lossCB struct{ fn func() }
 
-// WatchLoss implements distlock.LossWatcher: the channel closes when the
-// lock expires or its holder session dies.
-func (b *Backend) WatchLoss(key, token string) (<-chan struct{}, func()) {
+// WatchLoss implements distlock.LossWatcher: lost is called when the lock
+// expires or its holder session dies.
+func (b *Backend) WatchLoss(key, token string, lost func()) func() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	h := b.liveLocked(key, time.Now())
 	if h == nil || h.pending || h.token != token {
-		return closedCh, func() {}
+		lost()
+		return func() {}
 	}
-	return h.lost, func() {}
+	cb := &lossCB{fn: lost}
+	if h.watch == nil {
+		h.watch = map[*lossCB]struct{}{}
+	}
+	h.watch[cb] = struct{}{}
+	return func() {
+		b.mu.Lock()
+		delete(h.watch, cb)
+		b.mu.Unlock()
+	}
 }
 
 // openURL is the distlock.OpenFunc of postgres:// and postgresql://.
