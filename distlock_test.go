@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -115,10 +116,14 @@ func TestOpen(t *testing.T) {
 	}
 }
 
+var registerLeaky sync.Once
+
 func TestOpenScrubsSecretsFromBackendErrors(t *testing.T) {
-	distlock.Register("leaky", func(_ context.Context, u *url.URL) (distlock.Backend, error) {
-		p, _ := u.User.Password()
-		return nil, distlock.Unavailable(errors.New("auth failed for " + u.String() + " with " + p + " and " + u.Query().Get("password")))
+	registerLeaky.Do(func() {
+		distlock.Register("leaky", func(_ context.Context, u *url.URL) (distlock.Backend, error) {
+			p, _ := u.User.Password()
+			return nil, distlock.Unavailable(errors.New("auth failed for " + u.String() + " with " + p + " and " + u.Query().Get("password")))
+		})
 	})
 	_, err := distlock.Open(t.Context(), "leaky://bob:s3cr%40t@h:1/?password=qs3cret")
 	if err == nil || strings.Contains(err.Error(), "s3cr") || strings.Contains(err.Error(), "qs3cret") {

@@ -54,7 +54,7 @@ type Store struct {
 	mu       sync.Mutex
 	locks    map[string]*entry
 	fence    uint64
-	subs     map[string]map[chan struct{}]struct{}
+	waiters  distlock.ReleaseBroadcaster
 	watchers map[string]map[*watcher]struct{}
 	down     bool
 	calls    uint64
@@ -75,7 +75,6 @@ type watcher struct {
 func NewStore() *Store {
 	return &Store{
 		locks:    map[string]*entry{},
-		subs:     map[string]map[chan struct{}]struct{}{},
 		watchers: map[string]map[*watcher]struct{}{},
 	}
 }
@@ -145,12 +144,7 @@ func (s *Store) drop(key string, e *entry, lost bool) {
 	if len(s.watchers[key]) == 0 {
 		delete(s.watchers, key)
 	}
-	for ch := range s.subs[key] {
-		select {
-		case ch <- struct{}{}:
-		default:
-		}
-	}
+	s.waiters.Notify(key)
 }
 
 // enter counts a call and reports whether the store is up. Called with s.mu held.
@@ -233,22 +227,8 @@ func (b *backend) Capabilities() distlock.Capabilities {
 func (b *backend) Close() error { return nil }
 
 func (b *backend) SubscribeRelease(ctx context.Context, key string) (<-chan struct{}, func(), error) {
-	s := b.s
-	ch := make(chan struct{}, 1)
-	s.mu.Lock()
-	if s.subs[key] == nil {
-		s.subs[key] = map[chan struct{}]struct{}{}
-	}
-	s.subs[key][ch] = struct{}{}
-	s.mu.Unlock()
-	return ch, func() {
-		s.mu.Lock()
-		delete(s.subs[key], ch)
-		if len(s.subs[key]) == 0 {
-			delete(s.subs, key)
-		}
-		s.mu.Unlock()
-	}, nil
+	ch, stop := b.s.waiters.Subscribe(key)
+	return ch, stop, nil
 }
 
 func (b *backend) WatchLoss(key, token string, lost func()) func() {

@@ -290,7 +290,7 @@ type Backend struct {
 	locks    map[string]*held
 	ids      map[int64]*held
 	dead     map[string]*held // locks lost with their session, until their TTL passes
-	subs     map[string]map[chan struct{}]struct{}
+	waiters  distlock.ReleaseBroadcaster
 	closed   bool
 	migrated bool
 
@@ -343,7 +343,6 @@ func New(pool *pgxpool.Pool, opts ...Option) *Backend {
 		locks: map[string]*held{},
 		ids:   map[int64]*held{},
 		dead:  map[string]*held{},
-		subs:  map[string]map[chan struct{}]struct{}{},
 		lockSQL: "SELECT CASE WHEN pg_try_advisory_lock($1) THEN nextval('" +
 			strings.ReplaceAll(quoteIdent(cfg.sequence), "'", "''") + "') ELSE 0 END, pg_backend_pid()",
 	}
@@ -409,12 +408,7 @@ func (b *Backend) dropLocked(h *held, lost bool) {
 		}
 	}
 	h.watch = nil
-	for ch := range b.subs[h.key] {
-		select {
-		case ch <- struct{}{}:
-		default:
-		}
-	}
+	b.waiters.Notify(h.key)
 }
 
 func (b *Backend) onExpiry(h *held) {
@@ -665,21 +659,8 @@ func (b *Backend) Close() error {
 // Backend: they wake when it releases key or loses it, and their attempt is
 // queued right behind the unlock. Waiters in other processes poll.
 func (b *Backend) SubscribeRelease(ctx context.Context, key string) (<-chan struct{}, func(), error) {
-	ch := make(chan struct{}, 1)
-	b.mu.Lock()
-	if b.subs[key] == nil {
-		b.subs[key] = map[chan struct{}]struct{}{}
-	}
-	b.subs[key][ch] = struct{}{}
-	b.mu.Unlock()
-	return ch, func() {
-		b.mu.Lock()
-		delete(b.subs[key], ch)
-		if len(b.subs[key]) == 0 {
-			delete(b.subs, key)
-		}
-		b.mu.Unlock()
-	}, nil
+	ch, stop := b.waiters.Subscribe(key)
+	return ch, stop, nil
 }
 
 // lossCB is one WatchLoss registration.
