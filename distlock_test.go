@@ -207,3 +207,38 @@ func (r *roundingBackend) Acquire(ctx context.Context, key, token string, ttl ti
 	r.last = ttl
 	return r.Backend.Acquire(ctx, key, token, ttl)
 }
+
+func TestReleaseBroadcaster(t *testing.T) {
+	var r distlock.ReleaseBroadcaster
+	a, stopA := r.Subscribe("k")
+	b, stopB := r.Subscribe("k")
+	other, stopOther := r.Subscribe("other")
+	defer stopOther()
+	r.Notify("k")
+	r.Notify("k") // never blocks, even with a full buffer
+	for name, ch := range map[string]<-chan struct{}{"a": a, "b": b} {
+		select {
+		case <-ch:
+		default:
+			t.Fatalf("subscriber %s not woken", name)
+		}
+	}
+	select {
+	case <-other:
+		t.Fatal("subscriber of another key woken")
+	default:
+	}
+	stopA()
+	r.Notify("k")
+	select {
+	case <-a:
+		t.Fatal("woken after stop")
+	default:
+	}
+	select {
+	case <-b:
+	default:
+		t.Fatal("remaining subscriber not woken")
+	}
+	stopB()
+}
