@@ -150,6 +150,60 @@ var ErrNotExclusive = errors.New("bench: two holders at once: the lock is not ex
 // hand-off. It stops early and returns an error if the lock is not
 // exclusive or a release fails; acquires that give up count as Failures.
 func Contended(ctx context.Context, goroutines int, d time.Duration, lock LockFunc) (ContendedResult, error) {
+	raw, err := contendedRun(ctx, goroutines, d, lock)
+	if err != nil {
+		return ContendedResult{}, err
+	}
+	return raw.result()
+}
+
+// contendedRaw is what one contended run observed, before summing up.
+type contendedRaw struct {
+	elapsed  time.Duration
+	changes  int
+	counter  int
+	failures int
+	waits    []time.Duration
+	grants   []int
+}
+
+// add merges o (a run with the same number of goroutines) into r.
+func (r *contendedRaw) add(o contendedRaw) {
+	r.elapsed += o.elapsed
+	r.changes += o.changes
+	r.counter += o.counter
+	r.failures += o.failures
+	r.waits = append(r.waits, o.waits...)
+	if r.grants == nil {
+		r.grants = make([]int, len(o.grants))
+	}
+	for i, n := range o.grants {
+		r.grants[i] += n
+	}
+}
+
+func (r contendedRaw) result() (ContendedResult, error) {
+	res := ContendedResult{Total: r.counter, Failures: r.failures}
+	total := 0
+	if len(r.grants) > 0 {
+		res.LeastGrants = r.grants[0]
+	}
+	for _, n := range r.grants {
+		total += n
+		res.MostGrants = max(res.MostGrants, n)
+		res.LeastGrants = min(res.LeastGrants, n)
+	}
+	if total != r.counter {
+		return res, fmt.Errorf("%w: %d grants but the counter says %d", ErrNotExclusive, total, r.counter)
+	}
+	if r.elapsed > 0 {
+		res.OwnerChangesPerSec = float64(r.changes) / r.elapsed.Seconds()
+	}
+	res.WaitP50, res.WaitP99 = percentiles(r.waits)
+	return res, nil
+}
+
+func contendedRun(ctx context.Context, goroutines int, d time.Duration, lock LockFunc) (contendedRaw, error) {
 	if goroutines < 1 {
 		goroutines = 1
 	}
@@ -231,22 +285,37 @@ func Contended(ctx context.Context, goroutines int, d time.Duration, lock LockFu
 	wg.Wait()
 	elapsed := time.Since(start)
 	if firstErr != nil {
-		return ContendedResult{}, firstErr
+		return contendedRaw{}, firstErr
 	}
-	r := ContendedResult{Total: counter, Failures: failures}
-	total := 0
-	r.LeastGrants = grants[0]
-	for _, n := range grants {
-		total += n
-		r.MostGrants = max(r.MostGrants, n)
-		r.LeastGrants = min(r.LeastGrants, n)
+	return contendedRaw{elapsed: elapsed, changes: changes, counter: counter, failures: failures, waits: waits, grants: grants}, nil
+}
+
+// ContendedInterleaved runs Contended for several locks, taking turns in
+// rounds of phases of about phase each (so that a machine whose load
+// changes during the run affects all of them alike), and returns each
+// lock's figures summed over its phases: owner changes per second of its
+// own phases, wait percentiles over all its acquires, grants per goroutine
+// summed. Each phase uses a fresh key.
+func ContendedInterleaved(ctx context.Context, goroutines, rounds int, phase time.Duration, locks ...NamedLock) (map[string]ContendedResult, error) {
+	raws := make([]contendedRaw, len(locks))
+	for round := 0; round < max(rounds, 1); round++ {
+		for j, l := range locks {
+			raw, err := contendedRun(ctx, goroutines, phase, l.Lock)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", l.Name, err)
+			}
+			raws[j].add(raw)
+		}
 	}
-	if total != counter {
-		return r, fmt.Errorf("%w: %d grants but the counter says %d", ErrNotExclusive, total, counter)
+	out := make(map[string]ContendedResult, len(locks))
+	for j, l := range locks {
+		r, err := raws[j].result()
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", l.Name, err)
+		}
+		out[l.Name] = r
 	}
-	r.OwnerChangesPerSec = float64(changes) / elapsed.Seconds()
-	r.WaitP50, r.WaitP99 = percentiles(waits)
-	return r, nil
+	return out, nil
 }
 
 // percentiles returns the 50th and 99th percentiles of samples (sorted in

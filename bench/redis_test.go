@@ -8,6 +8,7 @@ package bench
 //	go test -run '^$' -bench 'RedisParallel16Interleaved' -benchtime 8x
 //	go test -run '^$' -bench 'Redis(Uncontended|Parallel16)$' -benchtime 2s
 //	go test -run '^$' -bench RedisContended16 -benchtime 1x
+//	go test -run '^$' -bench RedisContended16Interleaved -benchtime 5x
 //
 // The Interleaved rows take turns between the contenders so that a shared
 // machine's changing load hits them alike: their ratios are the figures to
@@ -311,4 +312,36 @@ func BenchmarkRedisParallel16Interleaved(b *testing.B) {
 		NamedLock{"redsync", redsyncMutex(newRedsync(newRedisClient(b, addr)))},
 		NamedLock{"redislock", bsmRedislock(newRedisClient(b, addr), redislock.LinearBackoff(time.Millisecond))},
 	)
+}
+
+// BenchmarkRedisContended16Interleaved: the contended hand-off of
+// BenchmarkRedisContended16, taking turns between distlock, go-redsync
+// (1ms retry) and bsm/redislock (1ms retry) in 1s phases, b.N rounds (run
+// with -benchtime 5x), so that the owner-change ratios hold while the
+// machine's load changes. Each row's figures are summed over its phases.
+func BenchmarkRedisContended16Interleaved(b *testing.B) {
+	addr := redisAddr(b)
+	longWait := distlock.LimitWait(distlock.ExponentialBackoff(2*time.Millisecond, 100*time.Millisecond), time.Minute)
+	locks := []NamedLock{
+		{"redislock", bsmRedislock(newRedisClient(b, addr), redislock.LinearBackoff(time.Millisecond))},
+		{"distlock", distlockAcquire(newRedisManager(b, newRedisClient(b, addr), longWait))},
+		{"distlock-nofence", distlockAcquire(newRedisManager(b, newRedisClient(b, addr), longWait, redsyncLocker.WithoutFencing()))},
+		{"redsync", redsyncMutex(newRedsync(newRedisClient(b, addr)), rs.WithRetryDelay(time.Millisecond), rs.WithTries(math.MaxInt32))},
+	}
+	b.ResetTimer()
+	res, err := ContendedInterleaved(context.Background(), 16, b.N, time.Second, locks...)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.StopTimer()
+	base := res[locks[0].Name].OwnerChangesPerSec
+	for _, l := range locks {
+		r := res[l.Name]
+		b.Logf("%s: %s", l.Name, r)
+		b.ReportMetric(r.OwnerChangesPerSec, l.Name+"-owner-changes/s")
+		b.ReportMetric(float64(r.WaitP99.Nanoseconds())/1e3, l.Name+"-wait-p99-µs")
+		if l.Name != locks[0].Name && base > 0 {
+			b.ReportMetric(r.OwnerChangesPerSec/base, l.Name+"/"+locks[0].Name+"-changes")
+		}
+	}
 }

@@ -27,6 +27,7 @@ const (
 // Cluster) reached through one go-redis client.
 type node struct {
 	client        redis.UniversalClient
+	index         int  // position among a Redlock's masters
 	owned         bool // opened from a URL: Close closes the client
 	cluster       bool
 	fenced        bool
@@ -60,23 +61,12 @@ func (n *node) fenceKeyFor(key string) string {
 
 func (n *node) channel(key string) string { return n.channelPrefix + key }
 
-// acquire grants key: with acquireScript when fenced; else with a plain
-// SET NX PX, falling back to redlockAcquireScript (re-acquire, waiter
-// mark) when the key is taken — or with the script at once while this
-// client waits for some key (contention: save the second round trip). It
-// returns the fence (0 unfenced) or -1.
+// acquire grants key: with acquireScript when fenced; else as a Redlock
+// round with nonce 0 (a plain SET NX PX when the key is free). It returns
+// the fence (0 unfenced) or -1.
 func (n *node) acquire(ctx context.Context, key, token string, ttl time.Duration) (int64, error) {
 	if n.fenced {
 		return run(ctx, acquireScript, n.client, []string{key, n.fenceKeyFor(key)}, token, ttl.Milliseconds())
-	}
-	if n.notify.active.Load() == 0 {
-		ok, err := n.client.SetNX(ctx, key, "0:"+token, ttl).Result()
-		if err != nil {
-			return 0, classify(err)
-		}
-		if ok {
-			return 0, nil
-		}
 	}
 	r, err := n.redlockAcquire(ctx, key, token, "0", ttl)
 	if err != nil || r == 0 {
@@ -85,9 +75,22 @@ func (n *node) acquire(ctx context.Context, key, token string, ttl time.Duration
 	return 0, nil
 }
 
-// redlockAcquire runs redlockAcquireScript for a round with nonce: 1
-// created, 2 re-acquired, 0 taken.
+// redlockAcquire takes key for a round with nonce (the value is
+// nonce:token): 1 created, 2 re-acquired, 0 taken. A free key costs a
+// plain SET NX PX, without a script; when that fails (the key is taken,
+// maybe by token itself) redlockAcquireScript decides — at once, without
+// the SET NX, while this client waits for some key (contention: save the
+// round trip).
 func (n *node) redlockAcquire(ctx context.Context, key, token, nonce string, ttl time.Duration) (int64, error) {
+	if n.notify.active.Load() == 0 {
+		ok, err := n.client.SetNX(ctx, key, nonce+":"+token, ttl).Result()
+		if err != nil {
+			return 0, classify(err)
+		}
+		if ok {
+			return 1, nil
+		}
+	}
 	return run(ctx, redlockAcquireScript, n.client, []string{key}, token, ttl.Milliseconds(), nonce)
 }
 

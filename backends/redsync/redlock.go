@@ -33,6 +33,7 @@ type Redlock struct {
 	timeoutFactor float64
 
 	wg        sync.WaitGroup // stragglers of a round and cleanups
+	workers   *workerPool    // run the masters' operations
 	closeOnce sync.Once
 
 	// Acquire rounds that returned on a quorum while some masters had
@@ -91,12 +92,15 @@ func newRedlock(clients []redis.UniversalClient, owned bool, cfg *config) (*Redl
 		quorum:        len(clients)/2 + 1,
 		driftFactor:   s.driftFactor,
 		timeoutFactor: s.timeoutFactor,
+		workers:       newWorkerPool(),
 	}
 	for _, c := range clients {
 		if c == nil {
 			return nil, fmt.Errorf("%w: nil redis client", distlock.ErrInvalidArgument)
 		}
-		r.nodes = append(r.nodes, newNode(c, owned, cfg))
+		n := newNode(c, owned, cfg)
+		n.index = len(r.nodes)
+		r.nodes = append(r.nodes, n)
 	}
 	return r, nil
 }
@@ -114,11 +118,13 @@ func (r *Redlock) Clients() []redis.UniversalClient {
 }
 
 type fanoutState struct {
-	left    atomic.Int32
-	cancel  context.CancelFunc
-	done    chan struct{} // closed when every master has answered
-	key     string        // set while tracked in Redlock.stragglers
-	tracked bool          // guarded by Redlock.smu
+	left     atomic.Int32
+	answered atomic.Uint64 // bit i: master i has answered (masters 0..63)
+	cancel   context.CancelFunc
+	done     chan struct{} // closed when every master has answered
+	deadline time.Time     // when the masters' timeout ends
+	key      string        // set while tracked in Redlock.stragglers
+	tracked  bool          // guarded by Redlock.smu
 }
 
 type nodeResult struct {
@@ -134,6 +140,7 @@ func (r *Redlock) fanout(ctx context.Context, timeout time.Duration, op func(con
 	out := make(chan nodeResult, len(r.nodes))
 	octx, cancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
 	st := &fanoutState{cancel: cancel, done: make(chan struct{})}
+	st.deadline, _ = octx.Deadline()
 	st.left.Store(int32(len(r.nodes)))
 	if !r.spawn(len(r.nodes)) {
 		cancel()
@@ -144,16 +151,19 @@ func (r *Redlock) fanout(ctx context.Context, timeout time.Duration, op func(con
 		return out, st
 	}
 	for i, n := range r.nodes {
-		go func() {
+		r.workers.run(func() {
 			defer r.wg.Done()
 			v, err := op(octx, n)
+			if i < 64 {
+				st.answered.Or(1 << uint(i))
+			}
 			out <- nodeResult{node: i, v: v, err: err}
 			if st.left.Add(-1) == 0 { // the last one out
 				st.cancel()
 				close(st.done)
 				r.untrack(st)
 			}
-		}()
+		})
 	}
 	return out, st
 }
@@ -209,22 +219,29 @@ func (r *Redlock) untrack(st *fanoutState) {
 	}
 }
 
-// awaitStragglers waits until the acquire rounds of key still out have
-// heard from every master, or ctx ends.
-func (r *Redlock) awaitStragglers(ctx context.Context, key string) {
+// stragglersOf returns the acquire rounds of key whose answers are still
+// out on some master.
+func (r *Redlock) stragglersOf(key string) []*fanoutState {
 	r.smu.Lock()
+	defer r.smu.Unlock()
 	list := r.stragglers[key]
-	var pending []*fanoutState
-	if len(list) > 0 {
-		pending = append(pending, list...)
+	if len(list) == 0 {
+		return nil
 	}
-	r.smu.Unlock()
+	return append([]*fanoutState(nil), list...)
+}
+
+// awaitNode waits until every round in pending has heard from master i:
+// a release sent to that master before then could land before the late
+// grant and leave it there until its TTL. Masters that answered are not
+// waited for, so a release is not held up by the slowest master of the
+// acquire round.
+func awaitNode(pending []*fanoutState, i int) {
 	for _, st := range pending {
-		select {
-		case <-st.done:
-		case <-ctx.Done():
-			return
+		if i < 64 && st.answered.Load()&(1<<uint(i)) != 0 {
+			continue
 		}
+		<-st.done
 	}
 }
 
@@ -238,11 +255,14 @@ func (r *Redlock) nodeTimeout(ttl time.Duration) time.Duration {
 	return min(max(time.Duration(float64(ttl)*r.timeoutFactor), minNodeTimeout), max(ttl, minNodeTimeout))
 }
 
-// valid reports whether a round that started at start still leaves the
-// lock valid.
-func (r *Redlock) valid(start time.Time, ttl time.Duration) bool {
+// validity returns how long a grant from a round that started at start
+// can be relied on, from start: the TTL minus the drift allowance, if the
+// round left any (Redlock's validity is TTL − round time − drift; the
+// round time is already counted by measuring from start). ok is false if
+// the round took too long.
+func (r *Redlock) validity(start time.Time, ttl time.Duration) (valid time.Duration, ok bool) {
 	drift := time.Duration(float64(ttl)*r.driftFactor) + fixedDrift
-	return time.Since(start)+drift < ttl
+	return ttl - drift, time.Since(start)+drift < ttl
 }
 
 // Acquire asks every master for key at once and succeeds as soon as a
@@ -289,11 +309,11 @@ func (r *Redlock) Acquire(ctx context.Context, key, token string, ttl time.Durat
 			break
 		}
 		if ok >= r.quorum {
-			if r.valid(start, ttl) {
+			if v, valid := r.validity(start, ttl); valid {
 				if got < total {
 					r.track(key, st)
 				}
-				return distlock.Grant{TTL: ttl}, nil
+				return distlock.Grant{TTL: ttl, Valid: v}, nil
 			}
 			outcome = distlock.Unavailable(fmt.Errorf("redlock: quorum reached after the lock's validity (%v TTL too short for these masters?)", ttl))
 			break
@@ -381,8 +401,8 @@ func (r *Redlock) Extend(ctx context.Context, key, token string, ttl time.Durati
 			return distlock.Grant{}, distlock.Unavailable(ctx.Err())
 		}
 		if ok >= r.quorum {
-			if r.valid(start, ttl) {
-				return distlock.Grant{TTL: ttl}, nil
+			if v, valid := r.validity(start, ttl); valid {
+				return distlock.Grant{TTL: ttl, Valid: v}, nil
 			}
 			return distlock.Grant{}, distlock.Unavailable(fmt.Errorf("redlock: quorum reached after the lock's validity (%v TTL too short for these masters?)", ttl))
 		}
@@ -396,14 +416,23 @@ func (r *Redlock) Extend(ctx context.Context, key, token string, ttl time.Durati
 	return distlock.Grant{}, distlock.Unavailable(fmt.Errorf("redlock: %d of %d masters failed (quorum %d): %w", failed, total, r.quorum, errs))
 }
 
-// Release deletes key on every master where token holds it, after the
-// late answers of the acquire round have come in. It succeeds as soon as a
+// Release deletes key on every master where token holds it. On a master
+// that has not yet answered an acquire round of key, the release waits for
+// that answer first (so a late grant never lands after the release);
+// the other masters are released at once. It succeeds as soon as a
 // quorum released it (the other masters finish in the background),
 // returns ErrNotHeld if token cannot have held it on a quorum, and
 // ErrUnavailable when too many masters failed to tell.
 func (r *Redlock) Release(ctx context.Context, key, token string) error {
-	r.awaitStragglers(ctx, key)
-	results, _ := r.fanout(ctx, releaseTimeout, func(c context.Context, n *node) (int64, error) {
+	pending := r.stragglersOf(key)
+	timeout := releaseTimeout
+	for _, st := range pending { // a release may first wait for a late answer
+		timeout = max(timeout, time.Until(st.deadline)+releaseTimeout)
+	}
+	results, _ := r.fanout(ctx, timeout, func(c context.Context, n *node) (int64, error) {
+		if pending != nil {
+			awaitNode(pending, n.index)
+		}
 		return n.release(c, key, token)
 	})
 	total := len(r.nodes)
@@ -490,6 +519,7 @@ func (r *Redlock) Close() error {
 		r.closing = true
 		r.smu.Unlock()
 		r.wg.Wait()
+		r.workers.close()
 		var errs error
 		for _, n := range r.nodes {
 			errs = errors.Join(errs, n.close())

@@ -283,3 +283,32 @@ func TestRedlockBasics(t *testing.T) {
 		t.Fatalf("extend after release: %v", err)
 	}
 }
+
+// TestRedlockGrantValidity: a Redlock grant reports its validity (TTL
+// minus the drift allowance, from before the round), which the Manager
+// uses for Lock.Expiry.
+func TestRedlockGrantValidity(t *testing.T) {
+	ctx := ctxTimeout(t, 20*time.Second)
+	srvs := startN(t, 3)
+	rl, err := redsyncLocker.NewRedlock(redlockClients(srvs))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rl.Close()
+	const ttl = 2 * time.Second
+	key := uniqueKey(t)
+	g, err := rl.Acquire(ctx, key, "tok", ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// redsync's default drift factor is 0.01; the backend adds 2ms.
+	if want := ttl - ttl/100 - 2*time.Millisecond; g.Valid <= 0 || g.Valid > want || g.TTL != ttl {
+		t.Fatalf("grant %+v: want TTL %v and 0 < Valid <= %v", g, ttl, want)
+	}
+	if g, err = rl.Extend(ctx, key, "tok", ttl); err != nil || g.Valid <= 0 || g.Valid >= ttl {
+		t.Fatalf("extend: grant %+v, err %v", g, err)
+	}
+	if err := rl.Release(ctx, key, "tok"); err != nil {
+		t.Fatal(err)
+	}
+}
