@@ -158,21 +158,6 @@ func ctxT(t *testing.T, d time.Duration) context.Context {
 	return ctx
 }
 
-// eventually polls cond until it holds or d passes.
-func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for i := 0; ; i++ {
-		if cond() {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(time.Duration(min(i+1, 20)) * 5 * time.Millisecond)
-	}
-}
-
 func TestLockIDStable(t *testing.T) {
 	// Golden values, computed independently (Python hashlib): the formula
 	// is part of the documented contract and must never change.
