@@ -69,6 +69,16 @@ type Capabilities struct {
 	Granularity time.Duration
 }
 
+// RoundTTL returns ttl as the Manager hands it to the backend: raised to
+// MinTTL and rounded up to a multiple of Granularity. It never shortens.
+func (c Capabilities) RoundTTL(ttl time.Duration) time.Duration {
+	ttl = max(ttl, c.MinTTL)
+	if g := c.Granularity; g > 0 && ttl%g != 0 {
+		ttl = (ttl/g + 1) * g
+	}
+	return ttl
+}
+
 // ReleaseNotifier is implemented by backends that can wake waiters when a
 // key is released, instead of leaving them to poll.
 type ReleaseNotifier interface {

@@ -250,13 +250,7 @@ func (m *Manager) roundTTL(ttl time.Duration) (time.Duration, error) {
 	if ttl > MaxTTL {
 		return 0, errors.New("ttl exceeds MaxTTL")
 	}
-	if ttl < m.caps.MinTTL {
-		ttl = m.caps.MinTTL
-	}
-	if g := m.caps.Granularity; g > 0 && ttl%g != 0 {
-		ttl = (ttl/g + 1) * g
-	}
-	return ttl, nil
+	return m.caps.RoundTTL(ttl), nil
 }
 
 func (m *Manager) newToken(key string) string {

@@ -103,10 +103,7 @@ func newEnv(ctx context.Context, h Harness, opts []Option) (*Env, error) {
 	}
 	short := cfg.shortTTL
 	if short <= 0 {
-		short = max(500*time.Millisecond, caps.MinTTL)
-		if g := caps.Granularity; g > 0 && short%g != 0 {
-			short = (short/g + 1) * g
-		}
+		short = caps.RoundTTL(500 * time.Millisecond)
 	}
 	return &Env{H: h, Caps: caps, Short: short, Long: max(30*time.Second, 10*short), cfg: cfg}, nil
 }

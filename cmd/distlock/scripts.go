@@ -278,19 +278,10 @@ func runExtend(ctx context.Context, env *cliEnv, args []string) int {
 		return c.fail(env, cmdName, err)
 	}
 	if c.json {
-		granted := roundTTL(*ttl, m.Capabilities())
+		granted := m.Capabilities().RoundTTL(*ttl)
 		writeJSON(env.stdout, map[string]any{"ok": true, "key": *key, "ttl": granted.String(), "expiry": t0.Add(granted).UTC().Format(time.RFC3339Nano)})
 	}
 	return exitOK
-}
-
-// roundTTL rounds ttl up as the Manager does for the backend.
-func roundTTL(ttl time.Duration, caps distlock.Capabilities) time.Duration {
-	ttl = max(ttl, caps.MinTTL)
-	if g := caps.Granularity; g > 0 && ttl%g != 0 {
-		ttl = (ttl/g + 1) * g
-	}
-	return ttl
 }
 
 func runStatus(ctx context.Context, env *cliEnv, args []string) int {
@@ -394,7 +385,7 @@ func runStatus(ctx context.Context, env *cliEnv, args []string) int {
 	}
 	if *key != "" && held != nil {
 		if *held {
-			fmt.Fprintf(w, "lock %q:  held by the token (TTL reset to %v)\n", *key, roundTTL(*ttl, caps))
+			fmt.Fprintf(w, "lock %q:  held by the token (TTL reset to %v)\n", *key, caps.RoundTTL(*ttl))
 		} else {
 			fmt.Fprintf(w, "lock %q:  NOT held by the token\n", *key)
 		}
