@@ -324,6 +324,10 @@ func (b *Backend) WatchLoss(key, token string, lost func()) func() {
 func (b *Backend) releasing(k, token string, d int) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	b.releasingLocked(k, token, d)
+}
+
+func (b *Backend) releasingLocked(k, token string, d int) {
 	h := b.hubs[k]
 	if h == nil {
 		return
