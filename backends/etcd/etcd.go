@@ -230,16 +230,12 @@ func unavailable(op string, err error) error {
 // if absent, or moves it to the new lease if token already holds it (the
 // key is never deleted, so there is no gap and the fence stays).
 func (b *Backend) Acquire(ctx context.Context, key, token string, ttl time.Duration) (distlock.Grant, error) {
-	callerCtx := ctx
 	ctx, cancel := b.reqCtx(ctx)
 	defer cancel()
 	k := b.prefix + key
 	secs := seconds(ttl)
 
-	if g, ok, err := b.take(ctx, k, token); ok {
-		return g, err // a release handed the key to token
-	}
-	switch a := b.admit(callerCtx, k, token, secs); a {
+	switch a := b.admit(k, token); a {
 	case admitWait:
 		return distlock.Grant{}, distlock.ErrNotAcquired
 	case admitJoin, admitLine:
@@ -508,9 +504,6 @@ func (b *Backend) Release(ctx context.Context, key, token string) error {
 	defer cancel()
 	k := b.prefix + key
 	b.releasing(k, token, +1)
-	if ho := b.offer(k, token); ho != nil {
-		return b.handOffRelease(ctx, k, token, ho)
-	}
 	resp, err := b.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.Value(k), "=", token)).
 		Then(clientv3.OpDelete(k, clientv3.WithPrevKV())).Commit()
@@ -535,10 +528,6 @@ func (b *Backend) Release(ctx context.Context, key, token string) error {
 func (b *Backend) released(k, token string, lease clientv3.LeaseID, rev int64) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.releasedLocked(k, token, lease, rev)
-}
-
-func (b *Backend) releasedLocked(k, token string, lease clientv3.LeaseID, rev int64) {
 	if g := b.grants[k]; g != nil && g.token == token {
 		delete(b.grants, k)
 		if lease != clientv3.NoLease && g.lease == lease {

@@ -23,8 +23,6 @@ import (
 type hub struct {
 	key    string
 	subs   []chan struct{} // subscriptions, oldest first
-	subCtx map[chan struct{}]context.Context // the context each subscription was made with
-	handoff *handoff       // a release's hand-off to a waiter here, until it is settled
 	queue  []*waiter       // tokens waiting here, in turn order
 	line   lineState       // this backend's place in the line across backends
 	losses map[*lossWatch]struct{}
@@ -47,10 +45,6 @@ type hub struct {
 type waiter struct {
 	token string
 	seen  time.Time
-	ctx   context.Context // the caller's context of its last attempt
-	secs  int64           // the TTL it asks for, in seconds
-	calls int             // attempts made while queued
-	doubt bool            // a subscription of its context ended since its last attempt: it may have given up
 }
 
 // staleWaiter is how long a waiter may go without trying before it loses
@@ -72,15 +66,12 @@ const (
 
 // admit decides how an attempt of token on k proceeds, and queues token
 // when others wait for k here.
-func (b *Backend) admit(ctx context.Context, k, token string, secs int64) admission {
+func (b *Backend) admit(k, token string) admission {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	h := b.hubs[k]
 	if h == nil {
 		return admitTxn
-	}
-	if ho := h.handoff; ho != nil && ho.token == token {
-		return admitWait // a hand-off to token being undone
 	}
 	held := h.known && h.present
 	if held && h.token == token {
@@ -111,8 +102,7 @@ func (b *Backend) admit(ctx context.Context, k, token string, secs int64) admiss
 		me = &waiter{token: token}
 		h.queue = append(h.queue, me)
 	}
-	me.seen, me.ctx, me.secs, me.doubt = now, ctx, secs, false
-	me.calls++
+	me.seen = now
 	for h.queue[0] != me && now.Sub(h.queue[0].seen) > staleWaiter {
 		h.queue = h.queue[1:]
 	}
@@ -227,10 +217,6 @@ func (b *Backend) SubscribeRelease(ctx context.Context, key string) (<-chan stru
 	}
 	h := b.hubLocked(k)
 	h.subs = append(h.subs, ch)
-	if h.subCtx == nil {
-		h.subCtx = map[chan struct{}]context.Context{}
-	}
-	h.subCtx[ch] = ctx
 	h.waited = time.Now()
 	ready := h.ready
 	b.mu.Unlock()
@@ -245,19 +231,6 @@ func (b *Backend) SubscribeRelease(ctx context.Context, key string) (<-chan stru
 					h.subs = append(h.subs[:i], h.subs[i+1:]...)
 					break
 				}
-			}
-			delete(h.subCtx, ch)
-			// The caller's wait ended: its acquire succeeded or gave up.
-			// Which waiter it was is not known, so every waiter of its
-			// context counts as gone until it tries again, and a hand-off
-			// not yet taken by a waiter of that context is undone.
-			for _, w := range h.queue {
-				if w.ctx == ctx {
-					w.doubt = true
-				}
-			}
-			if ho := h.handoff; ho != nil && ho.ctx == ctx {
-				b.cancelHandoffLocked(h, ho)
 			}
 			wakeAll(h) // if it was first in line, the next one goes
 			if len(h.subs) == 0 {
@@ -324,10 +297,6 @@ func (b *Backend) WatchLoss(key, token string, lost func()) func() {
 func (b *Backend) releasing(k, token string, d int) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.releasingLocked(k, token, d)
-}
-
-func (b *Backend) releasingLocked(k, token string, d int) {
 	h := b.hubs[k]
 	if h == nil {
 		return
@@ -407,10 +376,7 @@ func (b *Backend) consume(ctx context.Context, h *hub, wch clientv3.WatchChan, n
 			continue
 		}
 		b.mu.Lock()
-		for i, ev := range resp.Events {
-			if i+1 < len(resp.Events) && resp.Events[i+1].Kv.ModRevision == ev.Kv.ModRevision {
-				continue // a hand-off deletes and puts the key in one revision: the last event is the state
-			}
+		for _, ev := range resp.Events {
 			b.applyLocked(h, ev)
 			next = max(next, ev.Kv.ModRevision+1)
 		}
