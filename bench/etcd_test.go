@@ -269,17 +269,7 @@ func BenchmarkEtcdContended16(b *testing.B) {
 	eps := etcdEndpoints(b)
 	admin := newEtcdClient(b, eps)
 	run := func(b *testing.B, lock LockFunc) {
-		countWrites(b, admin, func() {
-			for i := 0; i < b.N; i++ {
-				r, err := Contended(context.Background(), 16, etcdContendedFor, lock)
-				if err != nil {
-					b.Fatal(err)
-				}
-				r.Report(b)
-				b.Logf("%s", r)
-				b.ReportMetric(float64(r.Total), "grants")
-			}
-		})
+		countWrites(b, admin, func() { RunContended(b, 16, etcdContendedFor, lock) })
 	}
 	longWait := distlock.LimitWait(distlock.ExponentialBackoff(2*time.Millisecond, 100*time.Millisecond), time.Minute)
 	b.Run("concurrency-Mutex-16-sessions", func(b *testing.B) {
@@ -313,21 +303,10 @@ func BenchmarkEtcdContended16(b *testing.B) {
 	b.Run("distlock-16-managers", func(b *testing.B) {
 		// Each goroutine gets a manager (and client) of its own, as 16
 		// processes would: 16 watches, one wake-up each per release.
-		ms := make(chan *distlock.Manager, 16)
-		for range 16 {
-			ms <- newEtcdManager(b, newEtcdClient(b, eps), longWait)
+		ms := make([]*distlock.Manager, 16)
+		for i := range ms {
+			ms[i] = newEtcdManager(b, newEtcdClient(b, eps), longWait)
 		}
-		run(b, func(ctx context.Context, key string) (func(context.Context) error, error) {
-			m := <-ms
-			tok, err := m.Acquire(ctx, key, benchTTL)
-			if err != nil {
-				ms <- m
-				return nil, err
-			}
-			return func(ctx context.Context) error {
-				defer func() { ms <- m }()
-				return m.Release(ctx, key, tok)
-			}, nil
-		})
+		run(b, ManagerPool(ms, benchTTL))
 	})
 }

@@ -21,6 +21,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/distlock/distlock"
 )
 
 // LockFunc acquires key, blocking and retrying until it is granted or ctx
@@ -139,6 +141,43 @@ func (r ContendedResult) Report(b *testing.B) {
 	b.ReportMetric(float64(r.MostGrants), "most-grants")
 	b.ReportMetric(float64(r.LeastGrants), "least-grants")
 	b.ReportMetric(float64(r.Failures), "failures")
+}
+
+// RunContended runs Contended b.N times (use -benchtime 1x) and reports
+// each result as metrics and in the log.
+func RunContended(b *testing.B, goroutines int, d time.Duration, lock LockFunc) {
+	b.Helper()
+	for i := 0; i < b.N; i++ {
+		r, err := Contended(context.Background(), goroutines, d, lock)
+		if err != nil {
+			b.Fatal(err)
+		}
+		r.Report(b)
+		b.Logf("%s", r)
+		b.ReportMetric(float64(r.Total), "grants")
+	}
+}
+
+// ManagerPool returns a LockFunc in which each lock borrows one of ms
+// until it is released, so that concurrent goroutines act as separate
+// processes with clients of their own.
+func ManagerPool(ms []*distlock.Manager, ttl time.Duration) LockFunc {
+	free := make(chan *distlock.Manager, len(ms))
+	for _, m := range ms {
+		free <- m
+	}
+	return func(ctx context.Context, key string) (func(context.Context) error, error) {
+		m := <-free
+		tok, err := m.Acquire(ctx, key, ttl)
+		if err != nil {
+			free <- m
+			return nil, err
+		}
+		return func(ctx context.Context) error {
+			defer func() { free <- m }()
+			return m.Release(ctx, key, tok)
+		}, nil
+	}
 }
 
 // ErrNotExclusive is returned by Contended when two goroutines held the

@@ -254,38 +254,18 @@ const contendedFor = 5 * time.Second
 
 func BenchmarkPostgresContended16(b *testing.B) {
 	url := postgresURL(b)
-	run := func(b *testing.B, lock LockFunc) {
-		for i := 0; i < b.N; i++ {
-			r, err := Contended(context.Background(), 16, contendedFor, lock)
-			if err != nil {
-				b.Fatal(err)
-			}
-			r.Report(b)
-			b.Logf("%s", r)
-		}
-	}
+	run := func(b *testing.B, lock LockFunc) { RunContended(b, 16, contendedFor, lock) }
 	longWait := distlock.LimitWait(distlock.ExponentialBackoff(2*time.Millisecond, 100*time.Millisecond), time.Minute)
 	b.Run("raw-blocking-advisory-lock", func(b *testing.B) { run(b, rawBlocking(newPool(b, url, 16))) })
 	b.Run("distlock-one-manager", func(b *testing.B) { run(b, viaAcquire(newPGManager(b, url, 4, longWait))) })
 	sixteen := func(b *testing.B, retry distlock.RetryStrategy) {
 		// Each goroutine of Contended uses a manager of its own, as 16
 		// processes would: waiters in other processes poll.
-		ms := make(chan *distlock.Manager, 16)
-		for range 16 {
-			ms <- newPGManager(b, url, 1, retry)
+		ms := make([]*distlock.Manager, 16)
+		for i := range ms {
+			ms[i] = newPGManager(b, url, 1, retry)
 		}
-		run(b, func(ctx context.Context, key string) (func(context.Context) error, error) {
-			m := <-ms
-			tok, err := m.Acquire(ctx, key, 30*time.Second)
-			if err != nil {
-				ms <- m
-				return nil, err
-			}
-			return func(ctx context.Context) error {
-				defer func() { ms <- m }()
-				return m.Release(ctx, key, tok)
-			}, nil
-		})
+		run(b, ManagerPool(ms, 30*time.Second))
 	}
 	b.Run("distlock-16-managers", func(b *testing.B) { sixteen(b, longWait) })
 	b.Run("distlock-16-managers-poll-1ms-10ms", func(b *testing.B) {

@@ -227,17 +227,7 @@ func BenchmarkRedisRedlock(b *testing.B) {
 // increment → release, for redisContendedFor. Run with -benchtime 1x.
 func BenchmarkRedisContended16(b *testing.B) {
 	addr := redisAddr(b)
-	run := func(b *testing.B, lock LockFunc) {
-		for i := 0; i < b.N; i++ {
-			r, err := Contended(context.Background(), 16, redisContendedFor, lock)
-			if err != nil {
-				b.Fatal(err)
-			}
-			r.Report(b)
-			b.Logf("%s", r)
-			b.ReportMetric(float64(r.Total), "grants")
-		}
-	}
+	run := func(b *testing.B, lock LockFunc) { RunContended(b, 16, redisContendedFor, lock) }
 	longWait := distlock.LimitWait(distlock.ExponentialBackoff(2*time.Millisecond, 100*time.Millisecond), time.Minute)
 	b.Run("distlock", func(b *testing.B) {
 		run(b, distlockAcquire(newRedisManager(b, newRedisClient(b, addr), longWait)))
