@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -241,4 +242,47 @@ func TestReleaseBroadcaster(t *testing.T) {
 		t.Fatal("remaining subscriber not woken")
 	}
 	stopB()
+}
+
+// An Extend to a longer TTL must not be undone by later auto-renewals.
+func TestAutoRenewKeepsExtendedTTL(t *testing.T) {
+	b := &ttlRecorder{Backend: memory.NewStore().Backend()}
+	m := distlock.New(b, distlock.WithRenewFraction(0.1))
+	defer m.Close()
+	l, err := m.Lock(t.Context(), "k", 100*time.Millisecond, distlock.WithAutoRenew())
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor := func(n int64) bool { // renewals reach n within 5s
+		deadline := time.Now().Add(5 * time.Second)
+		for b.renewals.Load() < n && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond)
+		}
+		return b.renewals.Load() >= n
+	}
+	if !waitFor(1) { // renewal is running with the first TTL
+		t.Fatal("auto-renewal did not run")
+	}
+	if err := l.Extend(t.Context(), 300*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	base := b.renewals.Load()
+	if !waitFor(base + 3) {
+		t.Fatal("auto-renewal did not run after Extend")
+	}
+	if got := time.Duration(b.last.Load()); got != 300*time.Millisecond {
+		t.Fatalf("auto-renewal extended with %v after Extend(300ms)", got)
+	}
+}
+
+type ttlRecorder struct {
+	distlock.Backend
+	renewals atomic.Int64
+	last     atomic.Int64
+}
+
+func (r *ttlRecorder) Extend(ctx context.Context, key, token string, ttl time.Duration) (distlock.Grant, error) {
+	r.last.Store(int64(ttl))
+	r.renewals.Add(1)
+	return r.Backend.Extend(ctx, key, token, ttl)
 }

@@ -132,6 +132,12 @@ func (m *Manager) Lock(ctx context.Context, key string, ttl time.Duration, opts 
 	return l, nil
 }
 
+func (l *Lock) currentTTL() time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.ttl
+}
+
 // extended records a successful extension started at t0.
 func (l *Lock) extended(g Grant, t0 time.Time) {
 	l.mu.Lock()
@@ -180,14 +186,13 @@ func (l *Lock) finish(reason error) {
 	l.m.mu.Unlock()
 }
 
-// renew extends the lock every ttl×fraction until it ends. A failed renewal
-// that is not ErrNotHeld is retried sooner; the expiry timer declares the
-// lock lost if none succeeds in time.
+// renew extends the lock every ttl×fraction until it ends, with the TTL of
+// the last grant or extension (so an Extend to a longer TTL is kept). A
+// failed renewal that is not ErrNotHeld is retried sooner; the expiry timer
+// declares the lock lost if none succeeds in time.
 func (l *Lock) renew() {
 	defer l.m.wg.Done()
-	l.mu.Lock()
-	ttl := l.ttl
-	l.mu.Unlock()
+	ttl := l.currentTTL()
 	interval := time.Duration(float64(ttl) * l.m.cfg.renewFrac)
 	t := time.NewTimer(interval)
 	defer t.Stop()
@@ -197,6 +202,7 @@ func (l *Lock) renew() {
 			return
 		case <-t.C:
 		}
+		ttl = l.currentTTL()
 		ctx, cancel := context.WithDeadline(context.Background(), l.Expiry())
 		g, t0, err := l.m.extend(ctx, "renew", l.key, l.token, ttl)
 		cancel()
