@@ -111,3 +111,19 @@ func (g Grant) valid() time.Duration {
 	}
 	return g.TTL
 }
+
+// Transferer is implemented by backends that can pass a held lock from one
+// token to another in one atomic step. The Manager uses it for in-process
+// hand-offs: when a key is released while other goroutines of the same
+// Manager wait for it, the lock goes straight to the first of them — one
+// backend operation instead of a release and an acquire, and no moment in
+// which the key is free.
+type Transferer interface {
+	// Transfer grants key to token to for ttl if token from holds it, as
+	// one atomic operation: afterwards from holds nothing and to holds key
+	// with a fresh TTL and, where the backend fences, a new fence greater
+	// than from's. If from does not hold key it returns ErrNotHeld and
+	// changes nothing. For a LossWatcher, a transfer ends from's grant the
+	// way Release does (it is not a loss). from and to differ.
+	Transfer(ctx context.Context, key, from, to string, ttl time.Duration) (Grant, error)
+}

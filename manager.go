@@ -16,11 +16,16 @@ import (
 // and reports lost ones — the same for every backend. It is safe for
 // concurrent use.
 type Manager struct {
-	b        Backend
-	caps     Capabilities
-	notifier ReleaseNotifier
-	watcher  LossWatcher
-	cfg      managerConfig
+	b          Backend
+	caps       Capabilities
+	notifier   ReleaseNotifier
+	watcher    LossWatcher
+	transferer Transferer
+	cfg        managerConfig
+
+	qmu     sync.Mutex
+	queues  map[string]*keyQueue // goroutines waiting for a key, see handoff.go
+	closing chan struct{}        // closed by Close
 
 	closed    atomic.Bool
 	closeOnce sync.Once
@@ -36,13 +41,16 @@ var _ LockManager = (*Manager)(nil)
 // New returns a Manager over b. The Manager owns b and closes it on Close.
 func New(b Backend, opts ...Option) *Manager {
 	m := &Manager{
-		b:     b,
-		caps:  b.Capabilities(),
-		cfg:   managerConfig{retry: DefaultRetry, renewFrac: 1.0 / 3},
-		locks: make(map[*Lock]struct{}),
+		b:       b,
+		caps:    b.Capabilities(),
+		cfg:     managerConfig{retry: DefaultRetry, renewFrac: 1.0 / 3, handoffLimit: DefaultHandoffLimit},
+		locks:   make(map[*Lock]struct{}),
+		queues:  make(map[string]*keyQueue),
+		closing: make(chan struct{}),
 	}
 	m.notifier, _ = b.(ReleaseNotifier)
 	m.watcher, _ = b.(LossWatcher)
+	m.transferer, _ = b.(Transferer)
 	for _, o := range opts {
 		if o != nil {
 			o(&m.cfg)
@@ -98,6 +106,7 @@ func (m *Manager) acquire(ctx context.Context, key string, ttl time.Duration, to
 		sub   <-chan struct{}
 		unsub func()
 		timer *time.Timer
+		w     *waiter // this call's place in key's line, once it waits
 	)
 	defer func() {
 		if unsub != nil {
@@ -107,33 +116,74 @@ func (m *Manager) acquire(ctx context.Context, key string, ttl time.Duration, to
 			timer.Stop()
 		}
 	}()
-	for attempt := 1; ; attempt++ {
-		t0 := time.Now()
-		g, err := m.b.Acquire(ctx, key, token, ttl)
-		if err == nil {
-			if g.TTL < ttl {
-				g.TTL = ttl
-			}
-			return token, g, t0, nil
+	// fail ends the call without the lock. A waiter leaves the line first;
+	// a release that handed it the key meanwhile is passed on.
+	fail := func(kind, c error) (string, Grant, time.Time, error) {
+		if w != nil && m.leave(key, w) != nil {
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), max(ttl, time.Second))
+			_ = m.release(rctx, key, token)
+			cancel()
 		}
-		kind := classify(err)
-		if kind == ErrNotAcquired {
+		return "", Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: kind, Err: c}
+	}
+	ctxEnded := func(err, kind, cerr error) (string, Grant, time.Time, error) {
+		if held {
+			return fail(ErrNotAcquired, cerr)
+		}
+		return fail(ErrUnavailable, joinCtx(cause(err, kind), cerr))
+	}
+	err, kind := error(ErrNotAcquired), error(ErrNotAcquired)
+	if !explicit && m.Waiting(key) > 0 {
+		// Others of this Manager already wait: take a place behind them
+		// rather than slip in when the key is free for a moment. (An
+		// explicit token tries first: it may be the holder's re-acquire.)
+		if _, ok := retry.NextBackoff(1, 0); ok {
+			w = m.enqueue(key, token, ttl)
 			held = true
 		}
-		if cerr := ctx.Err(); cerr != nil {
-			if held {
-				return "", Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: ErrNotAcquired, Err: cerr}
+	}
+	for attempt := 1; ; attempt++ {
+		if m.closed.Load() {
+			return fail(ErrClosed, nil)
+		}
+		// Only the head of the line tries the backend; for the others a
+		// turn counts as an attempt that found the key held.
+		head := w == nil || m.isHead(w)
+		if head {
+			t0 := time.Now()
+			var g Grant
+			g, err = m.b.Acquire(ctx, key, token, ttl)
+			if err == nil {
+				if w != nil {
+					// A transfer that landed meanwhile granted the same
+					// token: the key is ours either way.
+					m.leave(key, w)
+				}
+				if g.TTL < ttl {
+					g.TTL = ttl
+				}
+				return token, g, t0, nil
 			}
-			return "", Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: ErrUnavailable, Err: joinCtx(cause(err, kind), cerr)}
+			kind = classify(err)
+			if kind == ErrNotAcquired {
+				held = true
+			}
+		}
+		if cerr := ctx.Err(); cerr != nil {
+			return ctxEnded(err, kind, cerr)
 		}
 		if kind != ErrNotAcquired && kind != ErrUnavailable {
-			return "", Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: kind, Err: cause(err, kind)}
+			return fail(kind, cause(err, kind))
 		}
 		d, ok := retry.NextBackoff(attempt, time.Since(start))
 		if !ok {
-			return "", Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: kind, Err: cause(err, kind)}
+			return fail(kind, cause(err, kind))
 		}
-		if kind == ErrNotAcquired && sub == nil && m.notifier != nil {
+		if kind == ErrNotAcquired && w == nil {
+			w = m.enqueue(key, token, ttl)
+			head = m.isHead(w)
+		}
+		if head && kind == ErrNotAcquired && sub == nil && m.notifier != nil {
 			// Subscribe, then look once more before waiting, so a release
 			// between the failed attempt and the subscription is not
 			// missed. The re-check is not counted as an attempt.
@@ -148,14 +198,22 @@ func (m *Manager) acquire(ctx context.Context, key string, ttl time.Duration, to
 		} else {
 			timer.Reset(d)
 		}
+		var wake, got chan struct{}
+		if w != nil {
+			wake, got = w.wake, w.got
+		}
 		select {
 		case <-ctx.Done():
-			if held {
-				return "", Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: ErrNotAcquired, Err: ctx.Err()}
+			return ctxEnded(err, kind, ctx.Err())
+		case <-m.closing:
+			return fail(ErrClosed, nil)
+		case <-got:
+			if h := m.takeGrant(w); h != nil {
+				return token, h.g, h.t0, nil
 			}
-			return "", Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: ErrUnavailable, Err: joinCtx(cause(err, kind), ctx.Err())}
 		case <-timer.C:
 		case <-sub:
+		case <-wake:
 		}
 	}
 }
@@ -166,7 +224,21 @@ func (m *Manager) Release(ctx context.Context, key, token string) error {
 	if err := m.precheck(ctx, op, key, token); err != nil {
 		return err
 	}
-	return m.wrap(ctx, op, key, m.b.Release(ctx, key, token))
+	return m.wrap(ctx, op, key, m.release(ctx, key, token))
+}
+
+// release frees key, handing it to the first goroutine of this Manager
+// waiting for it where it can (see handoff.go).
+func (m *Manager) release(ctx context.Context, key, token string) error {
+	done, wake, err := m.handOff(ctx, key, token)
+	if done {
+		return err
+	}
+	err = m.b.Release(ctx, key, token)
+	if err == nil && wake {
+		m.wakeHead(key)
+	}
+	return err
 }
 
 // Extend implements LockManager.
@@ -228,6 +300,7 @@ func (m *Manager) wrap(ctx context.Context, op, key string, err error) error {
 func (m *Manager) Close() error {
 	m.closeOnce.Do(func() {
 		m.closed.Store(true)
+		close(m.closing)
 		m.mu.Lock()
 		locks := make([]*Lock, 0, len(m.locks))
 		for l := range m.locks {

@@ -9,6 +9,8 @@ type managerConfig struct {
 	retry     RetryStrategy
 	tokenGen  func(key string) string
 	renewFrac float64
+
+	handoffLimit int
 }
 
 // WithRetry sets the strategy Acquire, Lock and Do use while a key is held

@@ -161,6 +161,7 @@ type backend struct{ s *Store }
 var (
 	_ distlock.ReleaseNotifier = (*backend)(nil)
 	_ distlock.LossWatcher     = (*backend)(nil)
+	_ distlock.Transferer      = (*backend)(nil)
 )
 
 func (b *backend) Acquire(ctx context.Context, key, token string, ttl time.Duration) (distlock.Grant, error) {
@@ -213,6 +214,33 @@ func (b *backend) Release(ctx context.Context, key, token string) error {
 	}
 	s.drop(key, e, false)
 	return nil
+}
+
+func (b *backend) Transfer(ctx context.Context, key, from, to string, ttl time.Duration) (distlock.Grant, error) {
+	s := b.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.enter(); err != nil {
+		return distlock.Grant{}, err
+	}
+	now := time.Now()
+	e := s.live(key, now)
+	if e == nil || e.token != from {
+		return distlock.Grant{}, distlock.ErrNotHeld
+	}
+	// End from's grant as a release would (its watchers are not told of a
+	// loss), without waking waiters: the key is never free.
+	for w := range s.watchers[key] {
+		if w.token == from {
+			delete(s.watchers[key], w)
+		}
+	}
+	if len(s.watchers[key]) == 0 {
+		delete(s.watchers, key)
+	}
+	s.fence++
+	s.locks[key] = &entry{token: to, expiry: now.Add(ttl), fence: s.fence}
+	return distlock.Grant{TTL: ttl, Fence: s.fence}, nil
 }
 
 func (b *backend) Capabilities() distlock.Capabilities {
