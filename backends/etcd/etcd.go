@@ -1,6 +1,7 @@
 // Package etcd is the etcd v3 backend of distlock: a lease per grant, a
 // create-if-absent transaction, the key's create revision as the fencing
-// number, and a watch that wakes waiters when a held key is released.
+// number (a transfer writes its fence into the value), and a watch that
+// wakes waiters when a held key is released.
 //
 // Build a backend on your own client with New, or open one by URL after
 // importing this package (the blank import registers the schemes):
@@ -23,7 +24,8 @@
 // Manager rounds TTLs up accordingly and Grant reports the real TTL.
 //
 // An uncontended acquire and release cost two raft writes (the put and the
-// delete: leases are reused, refreshed by keep-alives). Waiters of one
+// delete: leases are reused, refreshed by keep-alives); a hand-off between
+// goroutines of one Manager is one (Transfer). Waiters of one
 // backend share one watch per key and take turns; waiters of different
 // backends queue in etcd, in a "line" of keys under the prefix with its
 // last byte incremented ("distlock0line/…" for the default prefix), so a
@@ -87,8 +89,8 @@ func WithRequestTimeout(d time.Duration) Option {
 }
 
 // Backend is the etcd implementation of distlock.Backend. It also
-// implements distlock.ReleaseNotifier and distlock.LossWatcher. It is safe
-// for concurrent use.
+// implements distlock.ReleaseNotifier, distlock.LossWatcher and
+// distlock.Transferer. It is safe for concurrent use.
 type Backend struct {
 	cli        *clientv3.Client
 	ownClient  bool
@@ -106,7 +108,8 @@ type Backend struct {
 	pooled  int
 	grants  map[string]*grant // by etcd key: the last grant made here
 	sweepAt int
-	hubs    map[string]*hub // by etcd key
+	hubs    map[string]*hub             // by etcd key
+	flights map[flightKey]chan struct{} // transfers in progress: closed when done
 
 	rn renewer // the keep-alive stream
 
@@ -127,7 +130,10 @@ type spareLease struct {
 // grant is what this backend remembers of a lock it granted.
 type grant struct {
 	token     string
-	createRev int64
+	value     string // the key's value (see lockValue)
+	createRev int64  // the key's create revision
+	fence     int64  // createRev, or the fence in the value
+	rev       int64  // the revision of the write that made (or moved) it
 	lease     clientv3.LeaseID
 	secs      int64 // requested seconds (the pool bucket)
 	ttl       int64 // granted seconds
@@ -138,6 +144,7 @@ var (
 	_ distlock.Backend         = (*Backend)(nil)
 	_ distlock.ReleaseNotifier = (*Backend)(nil)
 	_ distlock.LossWatcher     = (*Backend)(nil)
+	_ distlock.Transferer      = (*Backend)(nil)
 )
 
 const (
@@ -171,6 +178,7 @@ func New(cli *clientv3.Client, opts ...Option) *Backend {
 		grants:     map[string]*grant{},
 		sweepAt:    1024,
 		hubs:       map[string]*hub{},
+		flights:    map[flightKey]chan struct{}{},
 		lprefix:    linePrefix(c.prefix),
 	}
 }
@@ -228,12 +236,25 @@ func unavailable(op string, err error) error {
 // Acquire implements distlock.Backend: a lease (a spare one of ours when
 // there is one, else a new grant) and one transaction that creates the key
 // if absent, or moves it to the new lease if token already holds it (the
-// key is never deleted, so there is no gap and the fence stays).
+// key is never deleted, so there is no gap and the fence stays). A
+// re-acquire of a grant this backend made, for the same TTL, is a read and
+// a keep-alive of its lease: no write.
 func (b *Backend) Acquire(ctx context.Context, key, token string, ttl time.Duration) (distlock.Grant, error) {
+	start := time.Now()
 	ctx, cancel := b.reqCtx(ctx)
 	defer cancel()
 	k := b.prefix + key
 	secs := seconds(ttl)
+
+	// A transfer to token through this backend is landing: its outcome
+	// decides what this call is (with the Manager, the first of its
+	// waiters may try just as the key is handed to it).
+	if err := b.awaitTransfer(ctx, k, token); err != nil {
+		return distlock.Grant{}, unavailable("acquire", err)
+	}
+	if g, ok, err := b.reacquireKnown(ctx, k, token, secs, start); err != nil || ok {
+		return g, err
+	}
 
 	switch a := b.admit(k, token); a {
 	case admitWait:
@@ -262,7 +283,7 @@ func (b *Backend) Acquire(ctx context.Context, key, token string, ttl time.Durat
 		if err != nil {
 			return distlock.Grant{}, unavailable("get", err)
 		}
-		if len(resp.Kvs) > 0 && string(resp.Kvs[0].Value) != token {
+		if len(resp.Kvs) > 0 && tokenOf(resp.Kvs[0].Value) != token {
 			return distlock.Grant{}, distlock.ErrNotAcquired
 		}
 	}
@@ -285,12 +306,14 @@ func (b *Backend) Acquire(ctx context.Context, key, token string, ttl time.Durat
 			}()
 		}
 		lineCmps, lineOps, entry, nextEntry := b.lineTxn(k)
+		val := lockValue(token, 0)
 		resp, err := b.cli.Txn(ctx).
 			If(append([]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(k), "=", 0)}, lineCmps...)...).
-			Then(append([]clientv3.Op{clientv3.OpPut(k, token, clientv3.WithLease(l.id))}, lineOps...)...).
+			Then(append([]clientv3.Op{clientv3.OpPut(k, val, clientv3.WithLease(l.id))}, lineOps...)...).
 			Else(clientv3.OpTxn(
-				[]clientv3.Cmp{clientv3.Compare(clientv3.Value(k), "=", token)},
-				[]clientv3.Op{clientv3.OpPut(k, token, clientv3.WithLease(l.id), clientv3.WithPrevKV())},
+				holds(k, token),
+				// The value (and the fence in it) stays as it is.
+				[]clientv3.Op{clientv3.OpPut(k, "", clientv3.WithIgnoreValue(), clientv3.WithLease(l.id), clientv3.WithPrevKV())},
 				nil,
 			)).Commit()
 		if err != nil {
@@ -301,10 +324,10 @@ func (b *Backend) Acquire(ctx context.Context, key, token string, ttl time.Durat
 			// expire with whatever it holds.
 			return distlock.Grant{}, unavailable("txn", err)
 		}
-		var fence int64
+		var cur held
 		var prevLease clientv3.LeaseID
 		if resp.Succeeded {
-			fence = resp.Header.Revision
+			cur = held{token: token, value: val, fence: resp.Header.Revision, createRev: resp.Header.Revision}
 			if entry != "" {
 				b.mu.Lock()
 				b.movedLocked(k, entry, nextEntry, resp.Header.Revision)
@@ -327,7 +350,7 @@ func (b *Backend) Acquire(ctx context.Context, key, token string, ttl time.Durat
 			if prev == nil {
 				return distlock.Grant{}, unavailable("txn", errors.New("re-acquire without previous key"))
 			}
-			fence, prevLease = prev.CreateRevision, clientv3.LeaseID(prev.Lease)
+			cur, prevLease = heldBy(prev), clientv3.LeaseID(prev.Lease)
 		}
 		if spare {
 			r := <-refreshed
@@ -336,15 +359,18 @@ func (b *Backend) Acquire(ctx context.Context, key, token string, ttl time.Durat
 					// The caller will not learn of this grant: undo it
 					// rather than leave it to expire.
 					uctx, ucancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-					_, _ = b.cli.Txn(uctx).If(clientv3.Compare(clientv3.Value(k), "=", token)).Then(clientv3.OpDelete(k)).Commit()
+					_, _ = b.cli.Txn(uctx).
+						If(clientv3.Compare(clientv3.Value(k), "=", val), clientv3.Compare(clientv3.CreateRevision(k), "=", cur.createRev)).
+						Then(clientv3.OpDelete(k)).Commit()
 					ucancel()
 				}
 				return distlock.Grant{}, unavailable("lease keep-alive", r.err)
 			}
 			l.ttl, l.fresh = r.ttl, r.at
 		}
-		b.granted(k, &grant{token: token, createRev: fence, lease: l.id, secs: secs, ttl: l.ttl, fresh: l.fresh}, prevLease)
-		return distlock.Grant{TTL: time.Duration(l.ttl) * time.Second, Fence: uint64(fence)}, nil
+		b.granted(k, &grant{token: token, value: cur.value, createRev: cur.createRev, fence: cur.fence, rev: resp.Header.Revision,
+			lease: l.id, secs: secs, ttl: l.ttl, fresh: l.fresh}, prevLease)
+		return distlock.Grant{TTL: time.Duration(l.ttl) * time.Second, Fence: uint64(cur.fence)}, nil
 	}
 }
 
@@ -412,11 +438,22 @@ func (b *Backend) putSpareLocked(secs int64, l spareLease) {
 func (b *Backend) granted(k string, g *grant, prevLease clientv3.LeaseID) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	b.grantedLocked(k, g, prevLease)
+}
+
+func (b *Backend) grantedLocked(k string, g *grant, prevLease clientv3.LeaseID) {
 	if old := b.grants[k]; old != nil && prevLease != 0 && old.lease == prevLease && old.lease != g.lease {
 		b.putSpareLocked(old.secs, spareLease{id: old.lease, ttl: old.ttl, fresh: old.fresh})
 	}
 	b.grants[k] = g
 	b.dequeueLocked(k, g.token)
+	if h := b.hubs[k]; h != nil && h.known && g.rev > h.rev {
+		// Known before the watch reports it (see idleLineLocked).
+		h.rev, h.present, h.token, h.fence = g.rev, true, g.token, g.fence
+		for w := range h.losses {
+			checkLoss(h, w)
+		}
+	}
 	if len(b.grants) > b.sweepAt {
 		now := time.Now()
 		for key, g := range b.grants {
@@ -441,11 +478,15 @@ func (b *Backend) Extend(ctx context.Context, key, token string, ttl time.Durati
 	if err != nil {
 		return distlock.Grant{}, unavailable("get", err)
 	}
-	if len(resp.Kvs) == 0 || string(resp.Kvs[0].Value) != token {
+	if len(resp.Kvs) == 0 {
 		return distlock.Grant{}, distlock.ErrNotHeld
 	}
 	kv := resp.Kvs[0]
-	old := clientv3.LeaseID(kv.Lease)
+	cur := heldBy(kv)
+	if cur.token != token {
+		return distlock.Grant{}, distlock.ErrNotHeld
+	}
+	old := cur.lease
 	if old != clientv3.NoLease {
 		t := time.Now()
 		ttl, err := b.renew(ctx, old)
@@ -457,7 +498,7 @@ func (b *Backend) Extend(ctx context.Context, key, token string, ttl time.Durati
 		}
 		b.refreshed(k, old, t)
 		if ttl >= secs {
-			return distlock.Grant{TTL: time.Duration(ttl) * time.Second, Fence: uint64(kv.CreateRevision)}, nil
+			return distlock.Grant{TTL: time.Duration(ttl) * time.Second, Fence: uint64(cur.fence)}, nil
 		}
 	}
 	// The lease is shorter than ttl (or the key has none): move the key to
@@ -467,8 +508,9 @@ func (b *Backend) Extend(ctx context.Context, key, token string, ttl time.Durati
 		return distlock.Grant{}, err
 	}
 	tr, err := b.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.Value(k), "=", token), clientv3.Compare(clientv3.LeaseValue(k), "=", old)).
-		Then(clientv3.OpPut(k, token, clientv3.WithLease(l.id))).Commit()
+		If(clientv3.Compare(clientv3.Value(k), "=", cur.value), clientv3.Compare(clientv3.CreateRevision(k), "=", cur.createRev),
+			clientv3.Compare(clientv3.LeaseValue(k), "=", old)).
+		Then(clientv3.OpPut(k, cur.value, clientv3.WithLease(l.id))).Commit()
 	if err != nil {
 		return distlock.Grant{}, unavailable("txn", err)
 	}
@@ -484,8 +526,9 @@ func (b *Backend) Extend(ctx context.Context, key, token string, ttl time.Durati
 		}
 		l.ttl, l.fresh = ttl, t
 	}
-	b.granted(k, &grant{token: token, createRev: kv.CreateRevision, lease: l.id, secs: secs, ttl: l.ttl, fresh: l.fresh}, old)
-	return distlock.Grant{TTL: time.Duration(l.ttl) * time.Second, Fence: uint64(kv.CreateRevision)}, nil
+	b.granted(k, &grant{token: token, value: cur.value, createRev: cur.createRev, fence: cur.fence, rev: tr.Header.Revision,
+		lease: l.id, secs: secs, ttl: l.ttl, fresh: l.fresh}, old)
+	return distlock.Grant{TTL: time.Duration(l.ttl) * time.Second, Fence: uint64(cur.fence)}, nil
 }
 
 func (b *Backend) refreshed(k string, lease clientv3.LeaseID, t time.Time) {
@@ -504,15 +547,24 @@ func (b *Backend) Release(ctx context.Context, key, token string) error {
 	defer cancel()
 	k := b.prefix + key
 	b.releasing(k, token, +1)
-	resp, err := b.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.Value(k), "=", token)).
-		Then(clientv3.OpDelete(k, clientv3.WithPrevKV())).Commit()
-	if err != nil {
-		b.releasing(k, token, -1)
-		return unavailable("txn", err)
+	ops := []clientv3.Op{clientv3.OpDelete(k, clientv3.WithPrevKV())}
+	// An entry of this backend left in the key's line for a waiter that
+	// never came leaves with the release, in the same write.
+	entry := b.takeIdleEntry(k)
+	if entry != "" {
+		ops = append(ops, clientv3.OpDelete(entry))
 	}
-	if !resp.Succeeded {
+	resp, err := b.cli.Txn(ctx).If(holds(k, token)...).Then(ops...).Commit()
+	if err != nil || !resp.Succeeded {
 		b.releasing(k, token, -1)
+		if entry != "" {
+			b.mu.Lock()
+			b.leaveLocked(entry)
+			b.mu.Unlock()
+		}
+		if err != nil {
+			return unavailable("txn", err)
+		}
 		return distlock.ErrNotHeld
 	}
 	var prevLease clientv3.LeaseID
@@ -543,8 +595,9 @@ func (b *Backend) released(k, token string, lease clientv3.LeaseID, rev int64) {
 		// The key is free as of rev: tell the waiters here now rather
 		// than when the watch reports it.
 		if h.known && rev > h.rev {
+			b.freedLocked(h)
 			h.line.stale = true
-			h.rev, h.present, h.token, h.createRev = rev, false, "", 0
+			h.rev, h.present, h.token, h.fence = rev, false, "", 0
 			for w := range h.losses {
 				checkLoss(h, w)
 			}

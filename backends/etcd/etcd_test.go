@@ -161,8 +161,10 @@ func TestReacquireNoGap(t *testing.T) {
 			t.Fatal("no delete event")
 		}
 	}
-	if puts != 4 {
-		t.Fatalf("%d puts before the delete, want 4 (acquire + 3 re-acquires)", puts)
+	// The re-acquire for the grant's own TTL (1s) refreshes its lease (a
+	// keep-alive); the longer ones move the key to a longer lease.
+	if puts != 3 {
+		t.Fatalf("%d puts before the delete, want 3 (acquire + 2 re-acquires with a longer TTL)", puts)
 	}
 }
 

@@ -16,11 +16,14 @@ import (
 // whose entry is oldest sends acquire transactions when the key is
 // released, the others read and wait. The acquire transaction enforces the
 // order — a newcomer's needs an empty line, a waiting backend's needs its
-// entry first — and removes the backend's entry in the same write, or
-// moves it to the back when more of its waiters remain. A backend that
-// finds the key free for lineGrace while another entry stays first goes
-// ahead without the check (that entry's owner may be stuck), so a stale
-// entry costs a pause, never a deadlock.
+// entry first — and moves the backend's entry to the back of the line in
+// the same write. The entry stays there while the key is held by a grant
+// of this backend (a Manager's next waiter takes it over when it starts
+// waiting here, so hand-offs inside one process do not leave and re-join
+// the line), and leaves with the release, in the same write, if nobody here
+// waits by then. A backend that finds the key free for lineGrace while
+// another entry stays first goes ahead without the check (that entry's
+// owner may be stuck), so a stale entry costs a pause, never a deadlock.
 
 // lineGrace is how long the first in line has to take a free key before
 // the others stop deferring to it.
@@ -58,6 +61,94 @@ type lineState struct {
 	readAt    time.Time
 	freeSince time.Time // when the key was first seen free with someone else first
 	freeFirst string
+	// idle: nobody here waits any more, but the key is held, so the entry
+	// stays in case a waiter here comes back (see idleLineLocked).
+	idle   bool
+	linger *time.Timer // ends an idle entry while another backend holds the key
+}
+
+// lineLinger is how long a backend's entry stays in a key's line after its
+// last waiter here stopped waiting while another backend holds the key.
+const lineLinger = 200 * time.Millisecond
+
+// idleLineLocked is called when the last waiter of h stops waiting. Its
+// entry stays in the line while the key is held: a Manager hands a key from
+// one of its goroutines to the next (Transfer), and only the first of its
+// waiters waits here; when that one gets the key its subscription ends,
+// and the next one subscribes a moment later and takes the entry over.
+// Leaving and joining again would cost two raft writes per hand-off around
+// a transfer that costs one. While a grant of this backend holds the key
+// the entry stays until the release takes it out in the same write (or
+// the key is seen free, or the hub ends); while another backend holds it,
+// for lineLinger. A stale entry first in the line of a free key would make
+// other processes wait, so a free key ends it at once.
+func (b *Backend) idleLineLocked(h *hub) {
+	name := h.line.entry
+	if name == "" || b.closed || !h.known || !h.present {
+		b.leaveLineLocked(h)
+		return
+	}
+	h.line.idle = true
+	if h.line.linger != nil {
+		h.line.linger.Stop()
+		h.line.linger = nil
+	}
+	if g := b.grants[h.key]; g != nil && g.token == h.token && g.fence == h.fence {
+		return
+	}
+	h.line.linger = time.AfterFunc(lineLinger, func() {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		if h.line.idle && h.line.entry == name && len(h.subs) == 0 {
+			b.leaveLineLocked(h)
+		}
+	})
+}
+
+// adoptLineLocked: a waiter subscribed; a lingering entry is its own.
+func (b *Backend) adoptLineLocked(h *hub) {
+	if h.line.idle {
+		h.line.idle = false
+		if h.line.linger != nil {
+			h.line.linger.Stop()
+		}
+	}
+}
+
+// leaveLineLocked takes this backend's entry out of h's line.
+func (b *Backend) leaveLineLocked(h *hub) {
+	if h.line.linger != nil {
+		h.line.linger.Stop()
+	}
+	b.leaveLocked(h.line.entry)
+	h.line = lineState{}
+}
+
+// freedLocked: h's key was seen free: a lingering entry leaves at once.
+func (b *Backend) freedLocked(h *hub) {
+	if h.line.idle {
+		b.leaveLineLocked(h)
+	}
+}
+
+// takeIdleEntry returns this backend's lingering entry in k's line, if
+// any, and forgets it: the caller deletes it.
+func (b *Backend) takeIdleEntry(k string) string {
+	if b.lprefix == "" {
+		return ""
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	h := b.hubs[k]
+	if h == nil || !h.line.idle {
+		return ""
+	}
+	name := h.line.entry
+	if h.line.linger != nil {
+		h.line.linger.Stop()
+	}
+	h.line = lineState{}
+	return name
 }
 
 // session returns the backend's session lease, granting it on first use
@@ -95,7 +186,10 @@ func (b *Backend) session(ctx context.Context) (clientv3.LeaseID, error) {
 		if b.sess == resp.ID {
 			b.sess = clientv3.NoLease
 			for _, h := range b.hubs {
-				h.line.entry = ""
+				if h.line.linger != nil {
+					h.line.linger.Stop()
+				}
+				h.line = lineState{}
 			}
 		}
 		b.mu.Unlock()
@@ -168,7 +262,7 @@ func (b *Backend) readLine(ctx context.Context, k, token string, join bool) (boo
 	l.first = first == "" || first == l.entry
 	if len(lock.Kvs) > 0 {
 		l.freeSince = time.Time{}
-		return string(lock.Kvs[0].Value) == token, nil // the holder may re-acquire
+		return tokenOf(lock.Kvs[0].Value) == token, nil // the holder may re-acquire
 	}
 	if l.first {
 		return true, nil
@@ -192,7 +286,7 @@ func (b *Backend) peek(ctx context.Context, k, token string) (bool, error) {
 	}
 	lock, line := resp.Responses[0].GetResponseRange(), resp.Responses[1].GetResponseRange()
 	if len(lock.Kvs) > 0 {
-		return string(lock.Kvs[0].Value) == token, nil
+		return tokenOf(lock.Kvs[0].Value) == token, nil
 	}
 	return line.Count == 0, nil
 }
@@ -247,7 +341,12 @@ func (b *Backend) lineTxn(k string) (cmps []clientv3.Cmp, ops []clientv3.Op, ent
 			clientv3.Compare(clientv3.CreateRevision(lk), ">", l.rev-1).WithPrefix())
 	}
 	ops = append(ops, clientv3.OpDelete(l.entry))
-	if len(h.subs) > 1 && b.sess != clientv3.NoLease {
+	// Back to the end of the line rather than out of it: a Manager has only
+	// its first waiter wait here, so whether others of it still wait shows
+	// only when the next one subscribes, which takes the entry over (see
+	// idleLineLocked). If none does, the entry leaves with the release or
+	// after lineLinger.
+	if len(h.subs) > 0 && b.sess != clientv3.NoLease {
 		b.seq++
 		next = lk + fmt.Sprintf("%016x/%d", int64(b.sess), b.seq)
 		ops = append(ops, clientv3.OpPut(next, "", clientv3.WithLease(b.sess)))
@@ -259,6 +358,13 @@ func (b *Backend) lineTxn(k string) (cmps []clientv3.Cmp, ops []clientv3.Op, ent
 // backend's entry in k's line. Called with b.mu held.
 func (b *Backend) movedLocked(k, from, to string, rev int64) {
 	if h := b.hubs[k]; h != nil && h.line.entry == from {
+		if to == "" {
+			if h.line.linger != nil {
+				h.line.linger.Stop()
+			}
+			h.line = lineState{}
+			return
+		}
 		h.line.entry, h.line.rev, h.line.first = to, rev, false
 	}
 }

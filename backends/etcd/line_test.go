@@ -125,3 +125,48 @@ func TestLineStaleEntry(t *testing.T) {
 		t.Fatal("waiter stuck behind a ghost entry")
 	}
 }
+
+// A backend's entry in the line goes to the back when one of its waiters
+// gets the lock, is taken over by its next waiter (no leaving and joining
+// again per hand-off), and leaves with the release, in the same write,
+// when nobody there waits any more.
+func TestLineEntryFollowsTheLock(t *testing.T) {
+	srv := testserver.Etcd(t)
+	admin := newClient(t, srv.Endpoints)
+	ctx := ctxT(t, 30*time.Second)
+	holder := open(t, srv)
+	tok, err := holder.Acquire(ctx, "follow", 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waiter := open(t, srv, distlock.WithRetry(distlock.LinearBackoff(20*time.Millisecond)))
+	got := make(chan string, 1)
+	go func() {
+		tok, err := waiter.Acquire(ctx, "follow", 30*time.Second)
+		if err != nil {
+			t.Error(err)
+		}
+		got <- tok
+	}()
+	eventually(t, 10*time.Second, "the waiter in line", func() bool { return lineLen(t, admin, "follow") == 1 })
+	if err := holder.Release(ctx, "follow", tok); err != nil {
+		t.Fatal(err)
+	}
+	wtok := <-got
+	if wtok == "" {
+		t.FailNow()
+	}
+	// Held by the waiter's backend, which has nobody waiting: its entry
+	// stays (moved to the back) in case another of its goroutines queues.
+	time.Sleep(300 * time.Millisecond)
+	if n := lineLen(t, admin, "follow"); n != 1 {
+		t.Fatalf("%d entries in line while the waiter's backend holds the key, want 1", n)
+	}
+	// Released: the entry leaves in the release's own transaction.
+	if err := waiter.Release(ctx, "follow", wtok); err != nil {
+		t.Fatal(err)
+	}
+	if n := lineLen(t, admin, "follow"); n != 0 {
+		t.Fatalf("%d entries in line right after the release, want 0", n)
+	}
+}

@@ -33,11 +33,11 @@ type hub struct {
 	idle   *time.Timer // ends the watch once unused for hubLinger
 	waited time.Time   // when a waiter here last subscribed
 
-	known     bool // the fields below describe the key at revision rev
-	present   bool
-	token     string
-	createRev int64
-	rev       int64
+	known   bool // the fields below describe the key at revision rev
+	present bool
+	token   string // "" if present with a value not written by this package
+	fence   int64
+	rev     int64
 }
 
 // waiter is a token that failed to acquire the key through this backend
@@ -136,11 +136,12 @@ func (b *Backend) dequeueLocked(k, token string) {
 	}
 }
 
-// lossWatch is one WatchLoss: the grant of key to token made at revision
-// fence.
+// lossWatch is one WatchLoss: the grant of key to token with fence, made
+// (or last moved) by the write at revision rev.
 type lossWatch struct {
 	token     string
 	fence     int64
+	rev       int64
 	lost      func()
 	fired     bool
 	released  bool // released by its holder through this backend: no loss
@@ -196,6 +197,9 @@ func (b *Backend) endLocked(h *hub) {
 	if b.hubs[h.key] == h {
 		delete(b.hubs, h.key)
 	}
+	if len(h.subs) == 0 {
+		b.leaveLineLocked(h)
+	}
 	if h.idle != nil {
 		h.idle.Stop()
 	}
@@ -218,6 +222,7 @@ func (b *Backend) SubscribeRelease(ctx context.Context, key string) (<-chan stru
 	h := b.hubLocked(k)
 	h.subs = append(h.subs, ch)
 	h.waited = time.Now()
+	b.adoptLineLocked(h)
 	ready := h.ready
 	b.mu.Unlock()
 
@@ -234,8 +239,7 @@ func (b *Backend) SubscribeRelease(ctx context.Context, key string) (<-chan stru
 			}
 			wakeAll(h) // if it was first in line, the next one goes
 			if len(h.subs) == 0 {
-				b.leaveLocked(h.line.entry)
-				h.line = lineState{}
+				b.idleLineLocked(h)
 			}
 			b.dropLocked(h)
 		})
@@ -260,7 +264,9 @@ func (b *Backend) SubscribeRelease(ctx context.Context, key string) (<-chan stru
 
 // WatchLoss implements distlock.LossWatcher for a grant made by this
 // backend: lost is called when the key is deleted (released elsewhere,
-// lease expired or revoked, deleted by hand) or re-created by anyone.
+// lease expired or revoked, deleted by hand), re-created by anyone, or
+// transferred to another token other than by a Transfer through this
+// backend.
 func (b *Backend) WatchLoss(key, token string, lost func()) func() {
 	k := b.prefix + key
 	w := &lossWatch{token: token, lost: lost}
@@ -273,7 +279,7 @@ func (b *Backend) WatchLoss(key, token string, lost func()) func() {
 		lost()
 		return func() {}
 	}
-	w.fence = g.createRev
+	w.fence, w.rev = g.fence, g.rev
 	h := b.hubLocked(k)
 	h.losses[w] = struct{}{}
 	if h.known {
@@ -391,10 +397,11 @@ func (b *Backend) setState(h *hub, gr *clientv3.GetResponse, rev int64) {
 	defer b.mu.Unlock()
 	h.known, h.rev = true, rev
 	if len(gr.Kvs) > 0 {
-		kv := gr.Kvs[0]
-		h.present, h.token, h.createRev = true, string(kv.Value), kv.CreateRevision
+		cur := heldBy(gr.Kvs[0])
+		h.present, h.token, h.fence = true, cur.token, cur.fence
 	} else {
-		h.present, h.token, h.createRev = false, "", 0
+		h.present, h.token, h.fence = false, "", 0
+		b.freedLocked(h)
 	}
 	for w := range h.losses {
 		checkLoss(h, w)
@@ -416,11 +423,13 @@ func (b *Backend) applyLocked(h *hub, ev *clientv3.Event) {
 	h.rev = ev.Kv.ModRevision
 	switch ev.Type {
 	case mvccpb.DELETE:
-		h.present, h.token, h.createRev = false, "", 0
+		h.present, h.token, h.fence = false, "", 0
+		b.freedLocked(h)
 		h.line.stale = true
 		wakeAll(h)
 	case mvccpb.PUT:
-		h.present, h.token, h.createRev = true, string(ev.Kv.Value), ev.Kv.CreateRevision
+		cur := heldBy(ev.Kv)
+		h.present, h.token, h.fence = true, cur.token, cur.fence
 	}
 	for w := range h.losses {
 		checkLoss(h, w)
@@ -429,10 +438,10 @@ func (b *Backend) applyLocked(h *hub, ev *clientv3.Event) {
 
 // checkLoss calls w.lost if the known state shows its grant gone.
 func checkLoss(h *hub, w *lossWatch) {
-	if w.fired || w.released || h.rev < w.fence {
+	if w.fired || w.released || h.rev < w.rev {
 		return
 	}
-	if h.present && h.token == w.token && h.createRev == w.fence {
+	if h.present && h.token == w.token && h.fence == w.fence {
 		return
 	}
 	if w.releasing > 0 {
