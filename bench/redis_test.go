@@ -5,7 +5,7 @@ package bench
 // the same redis-server, side by side in one run.
 //
 //	go test -run '^$' -bench 'RedisInterleaved|RedisRedlockInterleaved' -benchtime 5000x   (from bench/)
-//	go test -run '^$' -bench 'RedisParallel16Interleaved' -benchtime 8x
+//	go test -run '^$' -bench 'RedisParallel16Interleaved' -benchtime 16x
 //	go test -run '^$' -bench 'Redis(Uncontended|Parallel16)$' -benchtime 2s
 //	go test -run '^$' -bench RedisContended16 -benchtime 1x
 //	go test -run '^$' -bench RedisContended16Interleaved -benchtime 5x
@@ -99,6 +99,48 @@ func rawRedis(c *redis.Client) LockFunc {
 			n, err := rawDelScript.Run(ctx, c, []string{key}, tok).Int64()
 			if err == nil && n != 1 {
 				err = errors.New("raw: lock was not held")
+			}
+			return err
+		}, nil
+	}
+}
+
+// rawFenceScript is the least a fenced acquire can send: INCR the counter
+// and SET NX a value that carries the fence, in one script.
+var rawFenceScript = redis.NewScript(`local f = redis.call('INCR', KEYS[2])
+if redis.call('SET', KEYS[1], f .. ':' .. ARGV[1], 'NX', 'PX', ARGV[2]) then return f end
+return -1`)
+
+// rawFencedRedis is the floor of a fenced lock (not a usable lock: no
+// re-acquire, no waiting for releases): rawFenceScript, polling every
+// millisecond while taken; release by compare-and-delete script. It shows
+// what fencing itself costs against the raw floor, without distlock.
+func rawFencedRedis(c *redis.Client) LockFunc {
+	return func(ctx context.Context, key string) (func(context.Context) error, error) {
+		var b [16]byte
+		_, _ = rand.Read(b[:])
+		tok := base64.RawURLEncoding.EncodeToString(b[:])
+		var f int64
+		for {
+			var err error
+			f, err = rawFenceScript.Run(ctx, c, []string{key, "bench:fence"}, tok, redisBenchTTL.Milliseconds()).Int64()
+			if err != nil {
+				return nil, err
+			}
+			if f >= 0 {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(time.Millisecond):
+			}
+		}
+		val := fmt.Sprint(f, ":", tok)
+		return func(ctx context.Context) error {
+			n, err := rawDelScript.Run(ctx, c, []string{key}, val).Int64()
+			if err == nil && n != 1 {
+				err = errors.New("raw fenced: lock was not held")
 			}
 			return err
 		}, nil
@@ -248,13 +290,16 @@ func BenchmarkRedisContended16(b *testing.B) {
 
 // BenchmarkRedisInterleaved takes turns between the floor, distlock,
 // go-redsync and bsm/redislock on one server every iteration, so that the
-// p50 ratios hold even while the machine's load changes.
+// p50 ratios hold even while the machine's load changes. raw-fenced is the
+// floor with a fence (the INCR + SET NX script alone, without distlock):
+// the bound a fenced acquire cannot beat.
 func BenchmarkRedisInterleaved(b *testing.B) {
 	addr := redisAddr(b)
 	Interleaved(b,
 		NamedLock{"raw", rawRedis(newRedisClient(b, addr))},
 		NamedLock{"distlock", distlockAcquire(newRedisManager(b, newRedisClient(b, addr), distlock.DefaultRetry))},
 		NamedLock{"distlock-nofence", distlockAcquire(newRedisManager(b, newRedisClient(b, addr), distlock.DefaultRetry, redsyncLocker.WithoutFencing()))},
+		NamedLock{"raw-fenced", rawFencedRedis(newRedisClient(b, addr))},
 		NamedLock{"redsync", redsyncMutex(newRedsync(newRedisClient(b, addr)))},
 		NamedLock{"redislock", bsmRedislock(newRedisClient(b, addr), redislock.LinearBackoff(time.Millisecond))},
 	)

@@ -24,6 +24,7 @@ type Backend struct {
 var (
 	_ distlock.Backend         = (*Backend)(nil)
 	_ distlock.ReleaseNotifier = (*Backend)(nil)
+	_ distlock.Transferer      = (*Backend)(nil)
 )
 
 // NewBackend returns a backend over client. The client stays the
@@ -88,6 +89,23 @@ func (b *Backend) Release(ctx context.Context, key, token string) error {
 		return distlock.ErrNotHeld
 	}
 	return nil
+}
+
+// Transfer implements distlock.Transferer: if from holds key, key goes to
+// to for ttl in one script (one round trip, atomic on the server), with a
+// new fencing number greater than from's (0 under WithoutFencing); the key
+// is never free in between. Otherwise it returns ErrNotHeld and changes
+// nothing. Waiters are not woken (the key is still taken); the next
+// release, by to, wakes them as a release by from would have.
+func (b *Backend) Transfer(ctx context.Context, key, from, to string, ttl time.Duration) (distlock.Grant, error) {
+	f, err := b.n.transfer(ctx, key, from, to, ttl)
+	if err != nil {
+		return distlock.Grant{}, err
+	}
+	if f < 0 {
+		return distlock.Grant{}, distlock.ErrNotHeld
+	}
+	return distlock.Grant{TTL: ttl, Fence: uint64(f)}, nil
 }
 
 // Capabilities reports fencing (unless WithoutFencing), cross-instance

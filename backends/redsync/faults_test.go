@@ -3,6 +3,7 @@ package redsync_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -258,4 +259,47 @@ func TestOpenURLs(t *testing.T) {
 			t.Fatal("redlock must not claim fencing")
 		}
 	})
+}
+
+// TestRedlockBackToBackKeepsEveryCopy: a release returns on a quorum and
+// its last master finishes in the background; the next acquire of the key
+// must not race it there. Otherwise the late release deletes the new
+// grant's copy on that master (or the grant's SET NX finds the old copy
+// and skips the master), and the lock lives on fewer masters than it
+// should, one failure away from losing its quorum.
+func TestRedlockBackToBackKeepsEveryCopy(t *testing.T) {
+	ctx := ctxTimeout(t, 60*time.Second)
+	srvs := startN(t, 3)
+	rl, err := redsyncLocker.NewRedlock(redlockClients(srvs), redsyncLocker.WithCloseClient())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rl.Close()
+	raws := make([]*redis.Client, len(srvs))
+	for i, s := range srvs {
+		raws[i] = newClient(t, s.Addr)
+	}
+	key := uniqueKey(t)
+	short := 0
+	for i := range 200 {
+		tok := "tok-" + itoa(i)
+		if _, err := rl.Acquire(ctx, key, tok, 5*time.Second); err != nil {
+			t.Fatalf("acquire %d: %v", i, err)
+		}
+		if i%20 == 19 { // let the stragglers land, then count the copies
+			time.Sleep(50 * time.Millisecond)
+			for j, c := range raws {
+				if v := c.Get(ctx, key).Val(); !strings.HasSuffix(v, ":"+tok) {
+					short++
+					t.Logf("round %d: master %d holds %q, not %s", i, j, v, tok)
+				}
+			}
+		}
+		if err := rl.Release(ctx, key, tok); err != nil {
+			t.Fatalf("release %d: %v", i, err)
+		}
+	}
+	if short > 0 {
+		t.Fatalf("%d missing copies in 10 checks", short)
+	}
 }

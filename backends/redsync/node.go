@@ -34,6 +34,7 @@ type node struct {
 	fenceKey      string
 	channelPrefix string
 	notify        notifier
+	batch         batcher // sends the lock commands
 }
 
 func newNode(client redis.UniversalClient, owned bool, cfg *config) *node {
@@ -46,6 +47,7 @@ func newNode(client redis.UniversalClient, owned bool, cfg *config) *node {
 	}
 	_, n.cluster = client.(*redis.ClusterClient)
 	n.notify.client = client
+	n.batch.client = client
 	return n
 }
 
@@ -66,7 +68,7 @@ func (n *node) channel(key string) string { return n.channelPrefix + key }
 // the fence (0 unfenced) or -1.
 func (n *node) acquire(ctx context.Context, key, token string, ttl time.Duration) (int64, error) {
 	if n.fenced {
-		return run(ctx, acquireScript, n.client, []string{key, n.fenceKeyFor(key)}, token, ttl.Milliseconds())
+		return n.batch.runScript(ctx, acquireScript, []string{key, n.fenceKeyFor(key)}, token, ttl.Milliseconds())
 	}
 	r, err := n.redlockAcquire(ctx, key, token, "0", ttl)
 	if err != nil || r == 0 {
@@ -83,32 +85,65 @@ func (n *node) acquire(ctx context.Context, key, token string, ttl time.Duration
 // round trip).
 func (n *node) redlockAcquire(ctx context.Context, key, token, nonce string, ttl time.Duration) (int64, error) {
 	if n.notify.active.Load() == 0 {
-		ok, err := n.client.SetNX(ctx, key, nonce+":"+token, ttl).Result()
-		if err != nil {
-			return 0, classify(err)
-		}
-		if ok {
-			return 1, nil
+		ok, err := n.batch.setNX(ctx, key, nonce+":"+token, ttl)
+		if err != nil || ok == 1 {
+			return ok, err
 		}
 	}
-	return run(ctx, redlockAcquireScript, n.client, []string{key}, token, ttl.Milliseconds(), nonce)
+	return n.batch.runScript(ctx, redlockAcquireScript, []string{key}, token, ttl.Milliseconds(), nonce)
 }
 
 // redlockCleanup deletes key if it still holds nonce:token.
 func (n *node) redlockCleanup(ctx context.Context, key, token, nonce string) (int64, error) {
-	return run(ctx, redlockCleanupScript, n.client, []string{key}, nonce, token, n.channel(key))
+	return n.batch.runScript(ctx, redlockCleanupScript, []string{key}, nonce, token, n.channel(key))
 }
 
 func (n *node) extend(ctx context.Context, key, token string, ttl time.Duration) (int64, error) {
-	return run(ctx, extendScript, n.client, []string{key}, token, ttl.Milliseconds())
+	return n.batch.runScript(ctx, extendScript, []string{key}, token, ttl.Milliseconds())
+}
+
+// transfer re-grants key from token from to token to (transferScript):
+// the new fence (0 unfenced), or -1 if from does not hold key.
+func (n *node) transfer(ctx context.Context, key, from, to string, ttl time.Duration) (int64, error) {
+	keys := []string{key}
+	if n.fenced {
+		keys = append(keys, n.fenceKeyFor(key))
+	}
+	return n.batch.runScript(ctx, transferScript, keys, from, to, ttl.Milliseconds())
+}
+
+// redlockTransfer moves key from token from to token to for a Redlock
+// round with nonce (redlockTransferScript). moved is false if from does
+// not hold key; otherwise old and expireAt are what undoTransfer needs.
+// It does not go through the batcher: its reply is not an integer.
+func (n *node) redlockTransfer(ctx context.Context, key, from, to, nonce string, ttl time.Duration) (old string, expireAt int64, moved bool, err error) {
+	v, err := redlockTransferScript.Run(ctx, n.client, []string{key}, from, to, ttl.Milliseconds(), nonce).Slice()
+	switch {
+	case errors.Is(err, redis.Nil):
+		return "", 0, false, nil
+	case err != nil:
+		return "", 0, false, classify(err)
+	case len(v) != 2:
+		return "", 0, false, distlock.Unavailable(fmt.Errorf("redis: unexpected transfer reply %v", v))
+	}
+	old, _ = v[0].(string)
+	expireAt, _ = v[1].(int64)
+	return old, expireAt, true, nil
+}
+
+// undoTransfer puts back what redlockTransfer replaced, if the key still
+// holds what it wrote.
+func (n *node) undoTransfer(ctx context.Context, key, to, nonce, old string, expireAt int64) (int64, error) {
+	return n.batch.runScript(ctx, redlockUndoTransferScript, []string{key}, nonce, to, old, expireAt, n.channel(key))
 }
 
 func (n *node) release(ctx context.Context, key, token string) (int64, error) {
-	return run(ctx, releaseScript, n.client, []string{key}, token, n.channel(key))
+	return n.batch.runScript(ctx, releaseScript, []string{key}, token, n.channel(key))
 }
 
 func (n *node) close() error {
 	n.notify.close()
+	n.batch.close()
 	if n.owned {
 		return n.client.Close()
 	}

@@ -14,6 +14,15 @@ import (
 // confirm a subscription; past it the Manager simply polls.
 const subscribeWait = time.Second
 
+// subscriptionLinger is how long a key's channel stays subscribed after
+// its last local waiter left (and the pub/sub connection stays open after
+// its last channel went). Waiters of a contended key come and go all the
+// time — with the Manager's line only its head subscribes, one after the
+// other — and without the linger each of them paid a SUBSCRIBE round trip,
+// and often a new connection (dial, HELLO), before it could wait: measured
+// at one reconnection per two or three hand-offs.
+const subscriptionLinger = time.Second
+
 // notifier multiplexes release notifications for one client over a single
 // shared pub/sub connection, opened on first use. Each waited-on key has a
 // channel of its own (channelPrefix+key), subscribed while at least one
@@ -26,13 +35,15 @@ type notifier struct {
 	subs   map[string]*chanSub // by channel, for ps
 	closed bool
 	loops  sync.WaitGroup // receive loops, including those of closed connections
-	active atomic.Int32   // len(subs): keys waited on by this client
+	active atomic.Int32   // subs with waiters: keys waited on by this client
 }
 
 type chanSub struct {
 	ready     chan struct{} // closed once the server confirmed the subscription
 	confirmed bool
 	waiters   []chan struct{} // oldest first
+	idle      *time.Timer     // while nobody waits: unsubscribes when it fires
+	gen       int             // counts idle timers, so a stale one does nothing
 }
 
 // wake hands one release to the oldest waiter without one pending: one
@@ -77,7 +88,13 @@ func (n *notifier) add(ctx context.Context, channel string, ch chan struct{}) (<
 		}
 		s = &chanSub{ready: make(chan struct{})}
 		n.subs[channel] = s
+	}
+	if len(s.waiters) == 0 { // new, or lingering after its last waiter
 		n.active.Add(1)
+		if s.idle != nil {
+			s.idle.Stop()
+			s.idle = nil
+		}
 	}
 	s.waiters = append(s.waiters, ch)
 	return s.ready, func() { n.remove(channel, s, ch) }, nil
@@ -100,11 +117,25 @@ func (n *notifier) remove(channel string, s *chanSub, ch chan struct{}) {
 	if len(s.waiters) > 0 || n.subs[channel] != s {
 		return
 	}
-	delete(n.subs, channel)
 	n.active.Add(-1)
 	if n.closed {
 		return
 	}
+	s.gen++
+	gen := s.gen
+	s.idle = time.AfterFunc(subscriptionLinger, func() { n.expire(channel, s, gen) })
+}
+
+// expire ends the subscription of channel if nobody waited on it since
+// the idle timer gen was set, and gives the connection back if it was the
+// last one.
+func (n *notifier) expire(channel string, s *chanSub, gen int) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed || n.subs[channel] != s || len(s.waiters) > 0 || s.gen != gen {
+		return
+	}
+	delete(n.subs, channel)
 	if len(n.subs) == 0 { // nobody waits: give the connection back
 		n.drop()
 		return
@@ -119,7 +150,14 @@ func (n *notifier) remove(channel string, s *chanSub, ch chan struct{}) {
 func (n *notifier) drop() {
 	if n.ps != nil {
 		_ = n.ps.Close()
-		n.active.Add(-int32(len(n.subs)))
+		for _, s := range n.subs {
+			if len(s.waiters) > 0 {
+				n.active.Add(-1)
+			}
+			if s.idle != nil {
+				s.idle.Stop()
+			}
+		}
 		n.ps, n.subs = nil, nil
 	}
 }

@@ -36,10 +36,13 @@ type Redlock struct {
 	workers   *workerPool    // run the masters' operations
 	closeOnce sync.Once
 
-	// Acquire rounds that returned on a quorum while some masters had
-	// not answered yet, by key: Release waits for them, so that a late
-	// grant never lands after the release and blocks a master until its
-	// TTL.
+	// Acquire and release rounds that returned on a quorum while some
+	// masters had not answered yet, by key. The next acquire or release
+	// of the key waits on each master for their answer before it sends
+	// its own command there, so that a key's commands reach every master
+	// in the order they were issued: a late grant never lands after the
+	// release (blocking a master until its TTL), and a late release never
+	// lands after the next grant (which would lose that master's copy).
 	smu        sync.Mutex
 	stragglers map[string][]*fanoutState
 	closing    bool // guarded by smu: no more background work starts
@@ -49,6 +52,7 @@ type Redlock struct {
 var (
 	_ distlock.Backend         = (*Redlock)(nil)
 	_ distlock.ReleaseNotifier = (*Redlock)(nil)
+	_ distlock.Transferer      = (*Redlock)(nil)
 )
 
 // Bounds of one Redlock round.
@@ -219,8 +223,8 @@ func (r *Redlock) untrack(st *fanoutState) {
 	}
 }
 
-// stragglersOf returns the acquire rounds of key whose answers are still
-// out on some master.
+// stragglersOf returns the rounds of key whose answers are still out on
+// some master.
 func (r *Redlock) stragglersOf(key string) []*fanoutState {
 	r.smu.Lock()
 	defer r.smu.Unlock()
@@ -232,10 +236,11 @@ func (r *Redlock) stragglersOf(key string) []*fanoutState {
 }
 
 // awaitNode waits until every round in pending has heard from master i:
-// a release sent to that master before then could land before the late
-// grant and leave it there until its TTL. Masters that answered are not
-// waited for, so a release is not held up by the slowest master of the
-// acquire round.
+// a command sent to that master before then could overtake the late one
+// (a release landing before the late grant, which then stays until its
+// TTL; a grant landing before the late release, which then deletes it).
+// Masters that answered are not waited for, so a round is not held up by
+// the slowest master of the one before.
 func awaitNode(pending []*fanoutState, i int) {
 	for _, st := range pending {
 		if i < 64 && st.answered.Load()&(1<<uint(i)) != 0 {
@@ -266,13 +271,20 @@ func (r *Redlock) validity(start time.Time, ttl time.Duration) (valid time.Durat
 }
 
 // Acquire asks every master for key at once and succeeds as soon as a
-// quorum granted it within its validity. A key held by token on a master
-// has its TTL reset there, never deleted. A failed round deletes only the
+// quorum granted it within its validity. On a master that has not yet
+// answered an earlier round of key (a release that returned on a quorum,
+// say), it waits for that answer first, so that the late release cannot
+// delete the new grant's copy there. A key held by token on a master has
+// its TTL reset there, never deleted. A failed round deletes only the
 // copies it created, in the background.
 func (r *Redlock) Acquire(ctx context.Context, key, token string, ttl time.Duration) (distlock.Grant, error) {
 	start := time.Now()
 	nonce := newNonce()
+	pending := r.stragglersOf(key)
 	results, st := r.fanout(ctx, r.nodeTimeout(ttl), func(c context.Context, n *node) (int64, error) {
+		if pending != nil {
+			awaitNode(pending, n.index)
+		}
 		return n.redlockAcquire(c, key, token, nonce, ttl)
 	})
 	var (
@@ -340,7 +352,17 @@ func (r *Redlock) Acquire(ctx context.Context, key, token string, ttl time.Durat
 // attempt with the same token does not find this round's copies and take
 // them for its own), or when ctx ends, leaving the rest to the background.
 func (r *Redlock) cleanup(ctx context.Context, key, token, nonce string, created []int, results <-chan nodeResult, pending int) {
-	if len(created) == 0 && pending == 0 {
+	r.undo(ctx, created, results, pending, func(c context.Context, n *node) {
+		_, _ = n.redlockCleanup(c, key, token, nonce)
+	})
+}
+
+// undo runs fix on every master a failed round changed: those in changed
+// and those whose answer, still to arrive on results (pending of them),
+// reports a change (1). It returns when done, or when ctx ends, leaving
+// the rest to the background (Close waits for it).
+func (r *Redlock) undo(ctx context.Context, changed []int, results <-chan nodeResult, pending int, fix func(context.Context, *node)) {
+	if len(changed) == 0 && pending == 0 {
 		return
 	}
 	if !r.spawn(1) {
@@ -352,16 +374,16 @@ func (r *Redlock) cleanup(ctx context.Context, key, token, nonce string, created
 		defer close(done)
 		for range pending {
 			if res := <-results; res.err == nil && res.v == 1 {
-				created = append(created, res.node)
+				changed = append(changed, res.node)
 			}
 		}
 		var wg sync.WaitGroup
-		for _, i := range created {
+		for _, i := range changed {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
 				cctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
-				_, _ = r.nodes[i].redlockCleanup(cctx, key, token, nonce)
+				fix(cctx, r.nodes[i])
 				cancel()
 			}()
 		}
@@ -416,11 +438,96 @@ func (r *Redlock) Extend(ctx context.Context, key, token string, ttl time.Durati
 	return distlock.Grant{}, distlock.Unavailable(fmt.Errorf("redlock: %d of %d masters failed (quorum %d): %w", failed, total, r.quorum, errs))
 }
 
+// Transfer implements distlock.Transferer over the masters, with the
+// rules of Acquire: every master where from holds key gives it to to (a
+// fresh TTL, the waited-for mark kept, nothing published), and the
+// transfer succeeds if a quorum did so within the validity (the grant's
+// Valid as for Acquire). No master is ever free in between, so nobody
+// else can gather a quorum during the round; once it succeeded from holds
+// at most N-quorum masters, so its Extend and Release give ErrNotHeld.
+//
+// Across independent masters a transfer cannot be one atomic step. If the
+// round fails — from does not hold a quorum (ErrNotHeld), too many
+// masters failed (ErrUnavailable), or the quorum came too late — every
+// master it moved is put back as it was (the old value, until its old
+// expiry by that master's clock), before Transfer returns or in the
+// background once ctx ends. A master that moved and then became
+// unreachable keeps to's copy until its TTL: to's holder was never told
+// it holds the lock, and from keeps its quorum if it had one.
+func (r *Redlock) Transfer(ctx context.Context, key, from, to string, ttl time.Duration) (distlock.Grant, error) {
+	type saved struct {
+		old      string
+		expireAt int64
+	}
+	start := time.Now()
+	nonce := newNonce()
+	undo := make([]saved, len(r.nodes)) // master i's entry is set before its result is sent
+	pending := r.stragglersOf(key)
+	results, st := r.fanout(ctx, r.nodeTimeout(ttl), func(c context.Context, n *node) (int64, error) {
+		if pending != nil {
+			awaitNode(pending, n.index)
+		}
+		old, at, moved, err := n.redlockTransfer(c, key, from, to, nonce, ttl)
+		if !moved {
+			return 0, err
+		}
+		undo[n.index] = saved{old, at}
+		return 1, nil
+	})
+	var (
+		total                = len(r.nodes)
+		got, notHeld, failed int
+		moved                []int
+		errs                 error
+		outcome              error
+	)
+	for got < total && outcome == nil {
+		select {
+		case res := <-results:
+			got++
+			switch {
+			case res.err != nil:
+				failed++
+				errs = errors.Join(errs, &rs.RedisError{Node: res.node, Err: res.err})
+			case res.v == 1:
+				moved = append(moved, res.node)
+			default:
+				notHeld++
+			}
+		case <-ctx.Done():
+			outcome = distlock.Unavailable(ctx.Err())
+			continue
+		}
+		switch {
+		case len(moved) >= r.quorum:
+			if v, valid := r.validity(start, ttl); valid {
+				if got < total {
+					r.track(key, st)
+				}
+				return distlock.Grant{TTL: ttl, Valid: v}, nil
+			}
+			outcome = distlock.Unavailable(fmt.Errorf("redlock: quorum reached after the lock's validity (%v TTL too short for these masters?)", ttl))
+		case len(moved)+total-got < r.quorum:
+			if notHeld > total-r.quorum { // not held on enough masters, whatever the others say
+				outcome = distlock.ErrNotHeld
+			} else {
+				outcome = distlock.Unavailable(fmt.Errorf("redlock: %d of %d masters failed (quorum %d): %w", failed, total, r.quorum, errs))
+			}
+		}
+	}
+	r.undo(ctx, moved, results, total-got, func(c context.Context, n *node) {
+		u := undo[n.index]
+		_, _ = n.undoTransfer(c, key, to, nonce, u.old, u.expireAt)
+	})
+	return distlock.Grant{}, outcome
+}
+
 // Release deletes key on every master where token holds it. On a master
-// that has not yet answered an acquire round of key, the release waits for
-// that answer first (so a late grant never lands after the release);
-// the other masters are released at once. It succeeds as soon as a
-// quorum released it (the other masters finish in the background),
+// that has not yet answered an earlier round of key (an acquire that
+// returned on a quorum), the release waits for that answer first (so a
+// late grant never lands after the release); the other masters are
+// released at once. It succeeds as soon as a quorum released it (the
+// other masters finish in the background, tracked like an acquire's),
 // returns ErrNotHeld if token cannot have held it on a quorum, and
 // ErrUnavailable when too many masters failed to tell.
 func (r *Redlock) Release(ctx context.Context, key, token string) error {
@@ -429,7 +536,7 @@ func (r *Redlock) Release(ctx context.Context, key, token string) error {
 	for _, st := range pending { // a release may first wait for a late answer
 		timeout = max(timeout, time.Until(st.deadline)+releaseTimeout)
 	}
-	results, _ := r.fanout(ctx, timeout, func(c context.Context, n *node) (int64, error) {
+	results, st := r.fanout(ctx, timeout, func(c context.Context, n *node) (int64, error) {
 		if pending != nil {
 			awaitNode(pending, n.index)
 		}
@@ -438,7 +545,7 @@ func (r *Redlock) Release(ctx context.Context, key, token string) error {
 	total := len(r.nodes)
 	var released, failed int
 	var errs error
-	for got := 0; got < total; got++ {
+	for got := 1; got <= total; got++ {
 		select {
 		case res := <-results:
 			switch {
@@ -449,10 +556,14 @@ func (r *Redlock) Release(ctx context.Context, key, token string) error {
 				released++
 			}
 		case <-ctx.Done():
+			r.track(key, st)
 			return distlock.Unavailable(ctx.Err())
 		}
 		if released >= r.quorum {
-			return nil // the others finish in the background
+			if got < total {
+				r.track(key, st) // the others finish in the background
+			}
+			return nil
 		}
 	}
 	if released+failed < r.quorum {

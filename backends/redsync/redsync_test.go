@@ -10,6 +10,7 @@ import (
 
 	"github.com/distlock/distlock"
 	redsyncLocker "github.com/distlock/distlock/backends/redsync"
+	"github.com/distlock/distlock/internal/testserver"
 	"github.com/go-redsync/redsync/v4"
 	"github.com/redis/go-redis/v9"
 )
@@ -311,4 +312,39 @@ func TestRedlockGrantValidity(t *testing.T) {
 	if err := rl.Release(ctx, key, "tok"); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestSubscriptionLingers: waiters of a key come and go (with the
+// Manager's line, only its head subscribes); the channel stays subscribed
+// for a moment after the last one left, so the next one waits without a
+// SUBSCRIBE round trip or a new connection; then it is given back.
+func TestSubscriptionLingers(t *testing.T) {
+	ctx := ctxTimeout(t, 20*time.Second)
+	srv := testserver.StartRedis(t, testserver.RedisOptions{})
+	b := redsyncLocker.NewBackend(newClient(t, srv.Addr))
+	defer b.Close()
+	raw := newClient(t, srv.Addr)
+	key := uniqueKey(t)
+	channel := redsyncLocker.DefaultChannelPrefix + key
+	raw.ConfigResetStat(ctx)
+	for range 5 {
+		_, stop, err := b.SubscribeRelease(ctx, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stop()
+	}
+	stats := raw.Info(ctx, "commandstats").Val()
+	if !contains(stats, "cmdstat_subscribe:calls=1,") {
+		t.Fatalf("5 waiters in a row subscribed more than once:\n%s", stats)
+	}
+	if n := raw.PubSubNumSub(ctx, channel).Val()[channel]; n != 1 {
+		t.Fatalf("%d subscriptions right after the last waiter left, want 1 (lingering)", n)
+	}
+	eventually(t, 10*time.Second, "the subscription to be given back", func() error {
+		if n := raw.PubSubNumSub(ctx, channel).Val()[channel]; n != 0 {
+			return errors.New("still subscribed")
+		}
+		return nil
+	})
 }

@@ -126,3 +126,93 @@ if v then
 end
 return 0
 `)
+
+// transferScript: KEYS[1] lock, KEYS[2] fence counter (absent when
+// unfenced); ARGV[1] from, ARGV[2] to, ARGV[3] ttl in ms. If from holds the
+// key, the value becomes to's with a new fence (INCR, so greater than
+// from's; 0 when unfenced) and the TTL is reset: one SET over the old
+// value, so the key never disappears and nobody else can take it in
+// between. The waited-for mark is kept: the key is still taken, so the
+// waiters were not served, and the eventual release must still announce
+// itself to them. Nothing is published (the key is not free). Replies the
+// new fence, or -1 (and changes nothing) when from does not hold the key.
+var transferScript = redis.NewScript(`
+local v = redis.call('GET', KEYS[1])
+if not v then
+  return -1
+end
+local i = string.find(v, ':', 1, true)
+if not i or string.sub(v, i + 1) ~= ARGV[1] then
+  return -1
+end
+local w = ''
+if string.byte(v, i - 1) == 119 then
+  w = 'w'
+end
+local f = 0
+if KEYS[2] then
+  f = redis.call('INCR', KEYS[2])
+end
+redis.call('SET', KEYS[1], f .. w .. ':' .. ARGV[2], 'PX', ARGV[3])
+return f
+`)
+
+// redlockTransferScript: KEYS[1] lock; ARGV[1] from, ARGV[2] to, ARGV[3]
+// ttl in ms, ARGV[4] the round's nonce. Like transferScript on one master
+// of a Redlock: if from holds the key, it becomes to's (nonce[w]:to, the
+// waited-for mark kept) with a fresh TTL. Replies nil when from does not
+// hold the key, else {old value, old expiry in ms of the server's clock}:
+// what redlockUndoTransferScript needs to put the key back exactly if the
+// round fails.
+var redlockTransferScript = redis.NewScript(`
+local v = redis.call('GET', KEYS[1])
+if not v then
+  return false
+end
+local i = string.find(v, ':', 1, true)
+if not i or string.sub(v, i + 1) ~= ARGV[1] then
+  return false
+end
+local w = ''
+if string.byte(v, i - 1) == 119 then
+  w = 'w'
+end
+local left = redis.call('PTTL', KEYS[1])
+local t = redis.call('TIME')
+redis.call('SET', KEYS[1], ARGV[4] .. w .. ':' .. ARGV[2], 'PX', ARGV[3])
+return {v, t[1] * 1000 + math.floor(t[2] / 1000) + left}
+`)
+
+// redlockUndoTransferScript: KEYS[1] lock; ARGV[1] nonce, ARGV[2] to,
+// ARGV[3] the old value, ARGV[4] its expiry (ms, server clock), ARGV[5]
+// release channel. If the key still holds what the failed transfer round
+// wrote, it gets its old value back until its old expiry (keeping a
+// waited-for mark set meanwhile); if that expiry has passed, the key is
+// deleted (and the release announced if someone waited). Replies 1 or 0.
+var redlockUndoTransferScript = redis.NewScript(`
+local v = redis.call('GET', KEYS[1])
+local w = false
+if v == ARGV[1] .. 'w:' .. ARGV[2] then
+  w = true
+elseif v ~= ARGV[1] .. ':' .. ARGV[2] then
+  return 0
+end
+local old = ARGV[3]
+local i = string.find(old, ':', 1, true)
+if string.byte(old, i - 1) == 119 then
+  w = true
+elseif w then
+  old = string.sub(old, 1, i - 1) .. 'w' .. string.sub(old, i)
+end
+local t = redis.call('TIME')
+local left = tonumber(ARGV[4]) - (t[1] * 1000 + math.floor(t[2] / 1000))
+if left <= 0 then
+  redis.call('DEL', KEYS[1])
+  if w then
+    redis.call('PUBLISH', ARGV[5], '')
+  end
+  return 1
+end
+redis.call('SET', KEYS[1], old, 'PX', left)
+return 1
+`)
