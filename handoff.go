@@ -98,11 +98,12 @@ func (m *Manager) enqueue(key, token string, ttl time.Duration) *waiter {
 	return w
 }
 
-// isHead reports whether w may try the backend.
+// isHead reports whether w may try the backend: it heads the line and no
+// transfer to it is under way (that one's outcome is worth waiting for).
 func (m *Manager) isHead(w *waiter) bool {
 	m.qmu.Lock()
 	defer m.qmu.Unlock()
-	return w.head
+	return w.head && w.inflight == nil
 }
 
 // removeLocked takes w out of key's line and makes the next waiter the
@@ -194,8 +195,11 @@ func (m *Manager) handOff(ctx context.Context, key, token string) (done, wake bo
 		w.granted = &handoff{g: g, t0: t0}
 		m.removeLocked(key, w)
 		signal(w.got)
-	} else if q := m.queues[key]; q != nil && q.streak > 0 {
-		q.streak--
+	} else {
+		if q := m.queues[key]; q != nil && q.streak > 0 {
+			q.streak--
+		}
+		signal(w.wake) // w waited for this transfer: let it try by itself
 	}
 	m.qmu.Unlock()
 	close(ch)

@@ -105,6 +105,61 @@ func rawRedis(c *redis.Client) LockFunc {
 	}
 }
 
+// rawRedlock is the floor of Redlock over clients (not a usable lock: no
+// validity check, no cleanup of a failed round, no waiting): SET NX PX on
+// every master in parallel, done at a quorum; release by the
+// compare-and-delete script on every master, done at a quorum. The
+// stragglers finish on their own. It shows what the fan-out itself costs on
+// this machine, without distlock.
+func rawRedlock(cs []*redis.Client) LockFunc {
+	quorum := len(cs)/2 + 1
+	fan := func(op func(c *redis.Client) bool) bool {
+		res := make(chan bool, len(cs))
+		for _, c := range cs {
+			go func() { res <- op(c) }()
+		}
+		ok, failed := 0, 0
+		for range cs {
+			if <-res {
+				ok++
+			} else {
+				failed++
+			}
+			if ok >= quorum {
+				return true
+			}
+			if failed > len(cs)-quorum {
+				return false
+			}
+		}
+		return false
+	}
+	return func(ctx context.Context, key string) (func(context.Context) error, error) {
+		var b [16]byte
+		_, _ = rand.Read(b[:])
+		tok := base64.RawURLEncoding.EncodeToString(b[:])
+		for !fan(func(c *redis.Client) bool {
+			ok, err := c.SetNX(ctx, key, tok, redisBenchTTL).Result()
+			return err == nil && ok
+		}) {
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(time.Millisecond):
+			}
+		}
+		return func(ctx context.Context) error {
+			if !fan(func(c *redis.Client) bool {
+				n, err := rawDelScript.Run(ctx, c, []string{key}, tok).Int64()
+				return err == nil && n == 1
+			}) {
+				return errors.New("raw redlock: lock was not held on a quorum")
+			}
+			return nil
+		}, nil
+	}
+}
+
 // rawFenceScript is the least a fenced acquire can send: INCR the counter
 // and SET NX a value that carries the fence, in one script.
 var rawFenceScript = redis.NewScript(`local f = redis.call('INCR', KEYS[2])
@@ -324,7 +379,16 @@ func BenchmarkRedisRedlockInterleaved(b *testing.B) {
 		b.Cleanup(func() { _ = m.Close() })
 		return distlockAcquire(m)
 	}
+	rawClients := func(n int) []*redis.Client {
+		cs := make([]*redis.Client, n)
+		for i := range cs {
+			cs[i] = newRedisClient(b, srvs[i].Addr)
+		}
+		return cs
+	}
 	Interleaved(b,
+		NamedLock{"raw-1", rawRedis(rawClients(1)[0])},
+		NamedLock{"raw-redlock-3", rawRedlock(rawClients(3))},
 		NamedLock{"distlock-1", distlockAcquire(newRedisManager(b, clients(1)[0], distlock.DefaultRetry))},
 		NamedLock{"distlock-3", redlock(3)},
 		NamedLock{"distlock-5", redlock(5)},
