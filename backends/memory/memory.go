@@ -133,8 +133,15 @@ func (s *Store) live(key string, now time.Time) *entry {
 // s.mu held.
 func (s *Store) drop(key string, e *entry, lost bool) {
 	delete(s.locks, key)
+	s.endWatches(key, e.token, lost)
+	s.waiters.Notify(key)
+}
+
+// endWatches ends the loss watchers of token's grant of key, telling them
+// of a loss if lost. Called with s.mu held.
+func (s *Store) endWatches(key, token string, lost bool) {
 	for w := range s.watchers[key] {
-		if w.token == e.token {
+		if w.token == token {
 			if lost {
 				w.lost()
 			}
@@ -144,7 +151,18 @@ func (s *Store) drop(key string, e *entry, lost bool) {
 	if len(s.watchers[key]) == 0 {
 		delete(s.watchers, key)
 	}
-	s.waiters.Notify(key)
+}
+
+// held returns key's live entry if token holds it. Called with s.mu held.
+func (s *Store) held(key, token string, now time.Time) (*entry, error) {
+	if err := s.enter(); err != nil {
+		return nil, err
+	}
+	e := s.live(key, now)
+	if e == nil || e.token != token {
+		return nil, distlock.ErrNotHeld
+	}
+	return e, nil
 }
 
 // enter counts a call and reports whether the store is up. Called with s.mu held.
@@ -189,13 +207,10 @@ func (b *backend) Extend(ctx context.Context, key, token string, ttl time.Durati
 	s := b.s
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := s.enter(); err != nil {
-		return distlock.Grant{}, err
-	}
 	now := time.Now()
-	e := s.live(key, now)
-	if e == nil || e.token != token {
-		return distlock.Grant{}, distlock.ErrNotHeld
+	e, err := s.held(key, token, now)
+	if err != nil {
+		return distlock.Grant{}, err
 	}
 	e.expiry = now.Add(ttl)
 	return distlock.Grant{TTL: ttl, Fence: e.fence}, nil
@@ -205,12 +220,9 @@ func (b *backend) Release(ctx context.Context, key, token string) error {
 	s := b.s
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := s.enter(); err != nil {
+	e, err := s.held(key, token, time.Now())
+	if err != nil {
 		return err
-	}
-	e := s.live(key, time.Now())
-	if e == nil || e.token != token {
-		return distlock.ErrNotHeld
 	}
 	s.drop(key, e, false)
 	return nil
@@ -220,24 +232,13 @@ func (b *backend) Transfer(ctx context.Context, key, from, to string, ttl time.D
 	s := b.s
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := s.enter(); err != nil {
-		return distlock.Grant{}, err
-	}
 	now := time.Now()
-	e := s.live(key, now)
-	if e == nil || e.token != from {
-		return distlock.Grant{}, distlock.ErrNotHeld
+	if _, err := s.held(key, from, now); err != nil {
+		return distlock.Grant{}, err
 	}
 	// End from's grant as a release would (its watchers are not told of a
 	// loss), without waking waiters: the key is never free.
-	for w := range s.watchers[key] {
-		if w.token == from {
-			delete(s.watchers[key], w)
-		}
-	}
-	if len(s.watchers[key]) == 0 {
-		delete(s.watchers, key)
-	}
+	s.endWatches(key, from, false)
 	s.fence++
 	s.locks[key] = &entry{token: to, expiry: now.Add(ttl), fence: s.fence}
 	return distlock.Grant{TTL: ttl, Fence: s.fence}, nil
