@@ -327,7 +327,7 @@ func (r *Redlock) Acquire(ctx context.Context, key, token string, ttl time.Durat
 				}
 				return distlock.Grant{TTL: ttl, Valid: v}, nil
 			}
-			outcome = distlock.Unavailable(fmt.Errorf("redlock: quorum reached after the lock's validity (%v TTL too short for these masters?)", ttl))
+			outcome = errLateQuorum(ttl)
 			break
 		}
 		if ok+total-got < r.quorum {
@@ -336,7 +336,7 @@ func (r *Redlock) Acquire(ctx context.Context, key, token string, ttl time.Durat
 			if len(takenNodes) > total-r.quorum {
 				outcome = fmt.Errorf("%w: %w", distlock.ErrNotAcquired, &rs.ErrTaken{Nodes: takenNodes})
 			} else {
-				outcome = distlock.Unavailable(fmt.Errorf("redlock: %d of %d masters failed (quorum %d): %w", failed, total, r.quorum, errs))
+				outcome = r.errFailed(failed, errs)
 			}
 			break
 		}
@@ -426,7 +426,7 @@ func (r *Redlock) Extend(ctx context.Context, key, token string, ttl time.Durati
 			if v, valid := r.validity(start, ttl); valid {
 				return distlock.Grant{TTL: ttl, Valid: v}, nil
 			}
-			return distlock.Grant{}, distlock.Unavailable(fmt.Errorf("redlock: quorum reached after the lock's validity (%v TTL too short for these masters?)", ttl))
+			return distlock.Grant{}, errLateQuorum(ttl)
 		}
 		if ok+total-got < r.quorum {
 			break
@@ -435,7 +435,7 @@ func (r *Redlock) Extend(ctx context.Context, key, token string, ttl time.Durati
 	if notHeld > total-r.quorum { // not held on enough masters, whatever the others say
 		return distlock.Grant{}, distlock.ErrNotHeld
 	}
-	return distlock.Grant{}, distlock.Unavailable(fmt.Errorf("redlock: %d of %d masters failed (quorum %d): %w", failed, total, r.quorum, errs))
+	return distlock.Grant{}, r.errFailed(failed, errs)
 }
 
 // Transfer implements distlock.Transferer over the masters, with the
@@ -506,12 +506,12 @@ func (r *Redlock) Transfer(ctx context.Context, key, from, to string, ttl time.D
 				}
 				return distlock.Grant{TTL: ttl, Valid: v}, nil
 			}
-			outcome = distlock.Unavailable(fmt.Errorf("redlock: quorum reached after the lock's validity (%v TTL too short for these masters?)", ttl))
+			outcome = errLateQuorum(ttl)
 		case len(moved)+total-got < r.quorum:
 			if notHeld > total-r.quorum { // not held on enough masters, whatever the others say
 				outcome = distlock.ErrNotHeld
 			} else {
-				outcome = distlock.Unavailable(fmt.Errorf("redlock: %d of %d masters failed (quorum %d): %w", failed, total, r.quorum, errs))
+				outcome = r.errFailed(failed, errs)
 			}
 		}
 	}
@@ -569,7 +569,19 @@ func (r *Redlock) Release(ctx context.Context, key, token string) error {
 	if released+failed < r.quorum {
 		return distlock.ErrNotHeld
 	}
-	return distlock.Unavailable(fmt.Errorf("redlock: %d of %d masters failed (quorum %d): %w", failed, total, r.quorum, errs))
+	return r.errFailed(failed, errs)
+}
+
+// errLateQuorum is the error of a round whose quorum came after the
+// lock's validity had run out.
+func errLateQuorum(ttl time.Duration) error {
+	return distlock.Unavailable(fmt.Errorf("redlock: quorum reached after the lock's validity (%v TTL too short for these masters?)", ttl))
+}
+
+// errFailed is the error of a round in which too many masters failed to
+// answer for a quorum either way; errs joins their errors.
+func (r *Redlock) errFailed(failed int, errs error) error {
+	return distlock.Unavailable(fmt.Errorf("redlock: %d of %d masters failed (quorum %d): %w", failed, len(r.nodes), r.quorum, errs))
 }
 
 // Capabilities: no fencing (see the type's doc), cross-instance release,
