@@ -10,20 +10,8 @@ import (
 
 	"github.com/distlock/distlock"
 	"github.com/distlock/distlock/backends/memory"
+	"github.com/distlock/distlock/internal/testwait"
 )
-
-// waitFor polls cond every millisecond until it holds, failing the test
-// after d.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
 
 var patient = distlock.WithRetry(distlock.LimitWait(distlock.ExponentialBackoff(time.Millisecond, 50*time.Millisecond), time.Minute))
 
@@ -53,7 +41,7 @@ func TestHandoffArrivalOrderWithoutTransfer(t *testing.T) {
 				t.Errorf("waiter %d release: %v", i, err)
 			}
 		})
-		waitFor(t, 5*time.Second, "the waiter to queue", func() bool { return m.Waiting("k") == i+1 })
+		testwait.For(t, 5*time.Second, "the waiter to queue", func() bool { return m.Waiting("k") == i+1 })
 	}
 	if err := m.Release(ctx, "k", tok); err != nil {
 		t.Fatal(err)
@@ -127,7 +115,7 @@ func TestHandoffCloseEndsWaits(t *testing.T) {
 			_, err := m.Acquire(t.Context(), "k", time.Minute)
 			errs <- err
 		}()
-		waitFor(t, 5*time.Second, "the waiter to queue", func() bool { return m.Waiting("k") == i+1 })
+		testwait.For(t, 5*time.Second, "the waiter to queue", func() bool { return m.Waiting("k") == i+1 })
 	}
 	_ = m.Close()
 	for range 3 {
@@ -159,7 +147,7 @@ func TestHandoffHolderReacquireSkipsLine(t *testing.T) {
 			_ = m.Release(ctx, "k", tok)
 		}
 	}()
-	waitFor(t, 5*time.Second, "the waiter to queue", func() bool { return m.Waiting("k") == 1 })
+	testwait.For(t, 5*time.Second, "the waiter to queue", func() bool { return m.Waiting("k") == 1 })
 	rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	if _, err := m.Acquire(rctx, "k", time.Minute, "holder"); err != nil {

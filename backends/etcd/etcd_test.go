@@ -11,6 +11,7 @@ import (
 	"github.com/distlock/distlock"
 	"github.com/distlock/distlock/backends/etcd"
 	"github.com/distlock/distlock/internal/testserver"
+	"github.com/distlock/distlock/internal/testwait"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
@@ -43,18 +44,6 @@ func ctxT(t testing.TB, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx
-}
-
-// eventually polls cond every 5ms until it holds or d passes.
-func eventually(t testing.TB, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 func TestAcquireRelease(t *testing.T) {
@@ -212,7 +201,7 @@ func TestExpiry(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	eventually(t, 5*time.Second, "the lock to expire", func() bool {
+	testwait.For(t, 5*time.Second, "the lock to expire", func() bool {
 		_, err := m.Acquire(ctx, "exp", time.Second)
 		return err == nil
 	})
@@ -269,7 +258,7 @@ func TestWaitWakesOnRelease(t *testing.T) {
 	}()
 	// Waiting, it has joined the key's line.
 	admin := newClient(t, srv.Endpoints)
-	eventually(t, 10*time.Second, "the waiter to queue", func() bool { return lineLen(t, admin, "w") == 1 })
+	testwait.For(t, 10*time.Second, "the waiter to queue", func() bool { return lineLen(t, admin, "w") == 1 })
 	released := time.Now()
 	if err := a.Release(ctx, "w", tok); err != nil {
 		t.Fatal(err)

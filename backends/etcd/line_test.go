@@ -9,6 +9,7 @@ import (
 	"github.com/distlock/distlock"
 	"github.com/distlock/distlock/backends/etcd"
 	"github.com/distlock/distlock/internal/testserver"
+	"github.com/distlock/distlock/internal/testwait"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -51,7 +52,7 @@ func TestLineOrderAcrossBackends(t *testing.T) {
 				t.Error(err)
 			}
 		}()
-		eventually(t, 10*time.Second, fmt.Sprintf("waiter %d in line", i), func() bool { return lineLen(t, admin, "line") == i+1 })
+		testwait.For(t, 10*time.Second, fmt.Sprintf("waiter %d in line", i), func() bool { return lineLen(t, admin, "line") == i+1 })
 	}
 	// A newcomer of yet another backend must not take the lock ahead of them.
 	newcomer := open(t, srv, distlock.WithRetry(distlock.NoRetry()))
@@ -71,7 +72,7 @@ func TestLineOrderAcrossBackends(t *testing.T) {
 			t.Fatal("waiters stuck")
 		}
 	}
-	eventually(t, 10*time.Second, "the line to empty", func() bool { return lineLen(t, admin, "line") == 0 })
+	testwait.For(t, 10*time.Second, "the line to empty", func() bool { return lineLen(t, admin, "line") == 0 })
 }
 
 // An entry whose owner never acts (a stuck process) delays the others by
@@ -109,7 +110,7 @@ func TestLineStaleEntry(t *testing.T) {
 		}
 		_ = waiter.Release(ctx, "stale", tok)
 	}()
-	eventually(t, 10*time.Second, "waiter in line", func() bool { return lineLen(t, admin, "stale") == 2 })
+	testwait.For(t, 10*time.Second, "waiter in line", func() bool { return lineLen(t, admin, "stale") == 2 })
 	released := time.Now()
 	if err := holder.Release(ctx, "stale", tok); err != nil {
 		t.Fatal(err)
@@ -148,7 +149,7 @@ func TestLineEntryFollowsTheLock(t *testing.T) {
 		}
 		got <- tok
 	}()
-	eventually(t, 10*time.Second, "the waiter in line", func() bool { return lineLen(t, admin, "follow") == 1 })
+	testwait.For(t, 10*time.Second, "the waiter in line", func() bool { return lineLen(t, admin, "follow") == 1 })
 	if err := holder.Release(ctx, "follow", tok); err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 	"github.com/distlock/distlock"
 	"github.com/distlock/distlock/backends/etcd"
 	"github.com/distlock/distlock/internal/testserver"
+	"github.com/distlock/distlock/internal/testwait"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -132,7 +133,7 @@ func TestTransferExpires(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	eventually(t, 10*time.Second, "the transferred grant to expire", func() bool {
+	testwait.For(t, 10*time.Second, "the transferred grant to expire", func() bool {
 		resp, err := cli.Get(ctx, etcd.DefaultPrefix+"exp")
 		return err == nil && len(resp.Kvs) == 0
 	})
@@ -331,7 +332,7 @@ func TestTransferManager(t *testing.T) {
 			}
 			errs <- nil
 		}()
-		eventually(t, 5*time.Second, "the waiter to queue", func() bool { return m.Waiting("hand") == i+1 })
+		testwait.For(t, 5*time.Second, "the waiter to queue", func() bool { return m.Waiting("hand") == i+1 })
 	}
 	if err := first.Release(ctx); err != nil {
 		t.Fatal(err)

@@ -48,6 +48,7 @@ func newNode(client redis.UniversalClient, owned bool, cfg *config) *node {
 	_, n.cluster = client.(*redis.ClusterClient)
 	n.notify.client = client
 	n.batch.client = client
+	n.batch.conns.init(client)
 	return n
 }
 
@@ -148,16 +149,6 @@ func (n *node) close() error {
 		return n.client.Close()
 	}
 	return nil
-}
-
-// run evaluates script by its SHA1 (loading it on NOSCRIPT) and returns
-// its integer reply; failures are wrapped to match ErrUnavailable.
-func run(ctx context.Context, s *redis.Script, c redis.Scripter, keys []string, args ...any) (int64, error) {
-	v, err := s.Run(ctx, c, keys, args...).Int64()
-	if err != nil {
-		return 0, classify(err)
-	}
-	return v, nil
 }
 
 // classify wraps a go-redis error so that it matches ErrUnavailable, and

@@ -36,6 +36,7 @@ const maxInFlight = 4
 // each answer); commands of different goroutines had no order anyway.
 type batcher struct {
 	client redis.UniversalClient
+	conns  connKeeper // connections set aside for the requests
 
 	mu        sync.Mutex
 	inFlight  int     // commands sent alone and flushers at work
@@ -64,28 +65,63 @@ type call struct {
 func (b *batcher) runScript(ctx context.Context, s *redis.Script, keys []string, args ...any) (int64, error) {
 	if b.enter() {
 		defer b.leave()
-		return run(ctx, s, b.client, keys, args...)
+		return b.alone(ctx, s, keys, args, "", 0)
 	}
 	return b.wait(&call{ctx: ctx, script: s, keys: keys, args: args, done: make(chan struct{})})
 }
 
 // setNX sets key to value with ttl if it is free: 1 if set, 0 if not.
 func (b *batcher) setNX(ctx context.Context, key, value string, ttl time.Duration) (int64, error) {
+	keys := []string{key}
 	if b.enter() {
 		defer b.leave()
-		return setNXResult(b.client.SetNX(ctx, key, value, ttl).Result())
+		return b.alone(ctx, nil, keys, nil, value, ttl)
 	}
-	return b.wait(&call{ctx: ctx, keys: []string{key}, value: value, ttl: ttl, done: make(chan struct{})})
+	return b.wait(&call{ctx: ctx, keys: keys, value: value, ttl: ttl, done: make(chan struct{})})
 }
 
-func setNXResult(ok bool, err error) (int64, error) {
-	switch {
-	case err != nil:
-		return 0, classify(err)
-	case ok:
-		return 1, nil
+// alone sends one command (a call's fields) by itself, on a kept
+// connection if there is one, else through the client's pool; a kept
+// connection that broke is dropped and the command sent again through the
+// pool (see retryElsewhere).
+func (b *batcher) alone(ctx context.Context, s *redis.Script, keys []string, args []any, value string, ttl time.Duration) (int64, error) {
+	kc, kept := b.conns.take()
+	if !kept {
+		v, err := command(ctx, b.client, s, keys, args, value, ttl)
+		b.conns.warm(err)
+		return reply(v, err)
 	}
-	return 0, nil
+	v, err := command(ctx, kc.conn, s, keys, args, value, ttl)
+	b.conns.put(kc, err)
+	if err != nil && retryElsewhere(ctx, err) {
+		v, err = command(ctx, b.client, s, keys, args, value, ttl)
+	}
+	return reply(v, err)
+}
+
+// command sends script s, or with s nil SET keys[0] value NX PX ttl (1 if
+// set, 0 if not), and returns its integer reply and go-redis's error.
+func command(ctx context.Context, c redis.Cmdable, s *redis.Script, keys []string, args []any, value string, ttl time.Duration) (int64, error) {
+	if s != nil {
+		return s.Run(ctx, c, keys, args...).Int64()
+	}
+	return setNXReply(c.SetNX(ctx, keys[0], value, ttl).Result())
+}
+
+// setNXReply turns SET NX's reply into 1 (set) or 0.
+func setNXReply(ok bool, err error) (int64, error) {
+	if ok {
+		return 1, err
+	}
+	return 0, err
+}
+
+// reply classifies err (see classify).
+func reply(v int64, err error) (int64, error) {
+	if err != nil {
+		return 0, classify(err)
+	}
+	return v, nil
 }
 
 // enter reports whether the caller may send its command at once; if so it
@@ -150,10 +186,7 @@ func (b *batcher) wait(c *call) (int64, error) {
 
 // sendAlone sends c alone, on the caller's goroutine and context.
 func (b *batcher) sendAlone(c *call) (int64, error) {
-	if c.script != nil {
-		return run(c.ctx, c.script, b.client, c.keys, c.args...)
-	}
-	return setNXResult(b.client.SetNX(c.ctx, c.keys[0], c.value, c.ttl).Result())
+	return b.alone(c.ctx, c.script, c.keys, c.args, c.value, c.ttl)
 }
 
 // flush sends the queued commands as pipelines until the queue is empty,
@@ -209,8 +242,35 @@ func (b *batcher) send(q []*call) {
 		ctx, cancel = context.WithDeadline(ctx, deadline)
 		defer cancel()
 	}
+	var cmds []redis.Cmder
+	if kc, kept := b.conns.take(); kept {
+		var err error
+		cmds, err = pipeline(ctx, kc.conn, live)
+		b.conns.put(kc, err)
+		if err != nil && retryElsewhere(ctx, err) {
+			cmds, _ = pipeline(ctx, b.client, live)
+		}
+	} else {
+		var err error
+		cmds, err = pipeline(ctx, b.client, live)
+		b.conns.warm(err)
+	}
+	for i, c := range live {
+		switch cmd := cmds[i].(type) {
+		case *redis.Cmd:
+			c.v, c.err = reply(cmd.Int64())
+		case *redis.BoolCmd:
+			c.v, c.err = reply(setNXReply(cmd.Result()))
+		}
+		close(c.done)
+	}
+}
+
+// pipeline sends live's commands as one pipeline on c and returns them
+// answered, with the error of the first that failed.
+func pipeline(ctx context.Context, c redis.Cmdable, live []*call) ([]redis.Cmder, error) {
 	cmds := make([]redis.Cmder, len(live))
-	pipe := b.client.Pipeline()
+	pipe := c.Pipeline()
 	for i, c := range live {
 		if c.script != nil {
 			cmds[i] = c.script.EvalSha(ctx, pipe, c.keys, c.args...)
@@ -218,34 +278,22 @@ func (b *batcher) send(q []*call) {
 			cmds[i] = pipe.SetNX(ctx, c.keys[0], c.value, c.ttl)
 		}
 	}
-	_, _ = pipe.Exec(ctx) // the errors are each command's
+	_, err := pipe.Exec(ctx)
 	// The server lost its scripts (restart, SCRIPT FLUSH): send those
 	// commands again with their source, which loads them.
 	var again redis.Pipeliner
-	for i, c := range live {
-		if c.script != nil && redis.HasErrorPrefix(cmds[i].Err(), "NOSCRIPT") {
+	for i, call := range live {
+		if call.script != nil && redis.HasErrorPrefix(cmds[i].Err(), "NOSCRIPT") {
 			if again == nil {
-				again = b.client.Pipeline()
+				again = c.Pipeline()
 			}
-			cmds[i] = c.script.Eval(ctx, again, c.keys, c.args...)
+			cmds[i] = call.script.Eval(ctx, again, call.keys, call.args...)
 		}
 	}
 	if again != nil {
-		_, _ = again.Exec(ctx)
+		_, err = again.Exec(ctx)
 	}
-	for i, c := range live {
-		switch cmd := cmds[i].(type) {
-		case *redis.Cmd:
-			if v, err := cmd.Int64(); err != nil {
-				c.err = classify(err)
-			} else {
-				c.v = v
-			}
-		case *redis.BoolCmd:
-			c.v, c.err = setNXResult(cmd.Result())
-		}
-		close(c.done)
-	}
+	return cmds, err
 }
 
 // close sends what is still queued, waits for the flushers at work and
@@ -264,4 +312,5 @@ func (b *batcher) close() {
 	if pool != nil {
 		pool.close()
 	}
+	b.conns.close()
 }

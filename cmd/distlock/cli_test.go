@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/distlock/distlock"
+	"github.com/distlock/distlock/internal/testwait"
 )
 
 func TestUsageErrors(t *testing.T) {
@@ -141,7 +142,7 @@ func TestRunExitStatusAndEnv(t *testing.T) {
 	// A CMD killed by a signal: 128+N, as a shell reports it.
 	argv, env = child("hold", dir)
 	p := start(t, env, append([]string{"run", "--url", "memory://", "--key", "k", "--"}, argv...)...)
-	waitFor(t, 30*time.Second, "CMD to start", func() bool { return fileExists(filepath.Join(dir, "ready")) })
+	testwait.For(t, 30*time.Second, "CMD to start", func() bool { return fileExists(filepath.Join(dir, "ready")) })
 	data, err := os.ReadFile(filepath.Join(dir, "pid"))
 	if err != nil {
 		t.Fatal(err)
@@ -158,12 +159,12 @@ func TestRunForwardsSignals(t *testing.T) {
 	dir := t.TempDir()
 	argv, env := child("hold", dir)
 	p := start(t, env, append([]string{"run", "--url", "memory://", "--key", "k", "--"}, argv...)...)
-	waitFor(t, 30*time.Second, "CMD to start", func() bool { return fileExists(filepath.Join(dir, "ready")) })
+	testwait.For(t, 30*time.Second, "CMD to start", func() bool { return fileExists(filepath.Join(dir, "ready")) })
 	sigs := filepath.Join(dir, "signals")
 	if err := p.cmd.Process.Signal(syscall.SIGUSR1); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "CMD to get SIGUSR1", func() bool { return len(readLines(t, sigs)) == 1 })
+	testwait.For(t, 10*time.Second, "CMD to get SIGUSR1", func() bool { return len(readLines(t, sigs)) == 1 })
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -179,11 +180,11 @@ func TestRunInterruptedWhileWaiting(t *testing.T) {
 		dir := t.TempDir()
 		argv, env := child("hold", dir)
 		holder := start(t, env, append([]string{"run", "--url", url, "--key", "busy", "--"}, argv...)...)
-		waitFor(t, 30*time.Second, "the holder's CMD", func() bool { return fileExists(filepath.Join(dir, "ready")) })
+		testwait.For(t, 30*time.Second, "the holder's CMD", func() bool { return fileExists(filepath.Join(dir, "ready")) })
 		marker := filepath.Join(dir, "waiter-ran")
 		argv2, env2 := child("env", marker)
 		waiter := start(t, env2, append([]string{"run", "--url", url, "--key", "busy", "--wait", "1m", "-v", "--"}, argv2...)...)
-		waitFor(t, 30*time.Second, "the waiter to wait", func() bool { return strings.Contains(waiter.stderr.String(), "waiting up to") })
+		testwait.For(t, 30*time.Second, "the waiter to wait", func() bool { return strings.Contains(waiter.stderr.String(), "waiting up to") })
 		if err := waiter.cmd.Process.Signal(syscall.SIGINT); err != nil {
 			t.Fatal(err)
 		}
@@ -242,7 +243,7 @@ func TestRunNotAcquired(t *testing.T) {
 		dir := t.TempDir()
 		argv, env := child("hold", dir)
 		holder := start(t, env, append([]string{"run", "--url", url, "--key", "busy", "--ttl", "5s", "--"}, argv...)...)
-		waitFor(t, 30*time.Second, "the holder's CMD", func() bool { return fileExists(filepath.Join(dir, "ready")) })
+		testwait.For(t, 30*time.Second, "the holder's CMD", func() bool { return fileExists(filepath.Join(dir, "ready")) })
 
 		marker := filepath.Join(dir, "other-ran")
 		argv2, env2 := child("env", marker)
@@ -292,7 +293,7 @@ func TestRunLockLost(t *testing.T) {
 				key := "lost-" + strconv.FormatBool(ignoreTerm)
 				p := start(t, env, append([]string{"run", "--url", url, "--key", key, "--ttl", "3s", "--grace", "500ms", "--"}, argv...)...)
 				ready := filepath.Join(dir, "ready")
-				waitFor(t, 30*time.Second, "CMD to start", func() bool { return fileExists(ready) })
+				testwait.For(t, 30*time.Second, "CMD to start", func() bool { return fileExists(ready) })
 				token, err := os.ReadFile(ready)
 				if err != nil {
 					t.Fatal(err)

@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/distlock/distlock/internal/testwait"
 )
 
 // TestRunParentDeath: if distlock is killed, renewals stop, so CMD must not
@@ -18,12 +20,12 @@ func TestRunParentDeath(t *testing.T) {
 	dir := t.TempDir()
 	argv, env := child("hold", dir)
 	p := start(t, env, append([]string{"run", "--url", "memory://", "--key", "k", "--"}, argv...)...)
-	waitFor(t, 30*time.Second, "CMD to start", func() bool { return fileExists(filepath.Join(dir, "ready")) })
+	testwait.For(t, 30*time.Second, "CMD to start", func() bool { return fileExists(filepath.Join(dir, "ready")) })
 	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	p.wait(t, 30*time.Second)
-	waitFor(t, 30*time.Second, "CMD to get SIGTERM", func() bool {
+	testwait.For(t, 30*time.Second, "CMD to get SIGTERM", func() bool {
 		data, _ := os.ReadFile(filepath.Join(dir, "signals"))
 		return strings.Contains(string(data), "term")
 	})

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/distlock/distlock/internal/testserver"
+	"github.com/distlock/distlock/internal/testwait"
 )
 
 // startPgBouncer starts PgBouncer in transaction pooling mode in front of
@@ -89,7 +90,7 @@ logfile = %s
 		_ = cmd.Process.Kill()
 		<-exited
 	})
-	waitFor(t, 30*time.Second, "pgbouncer to listen", func() bool {
+	testwait.For(t, 30*time.Second, "pgbouncer to listen", func() bool {
 		select {
 		case <-exited:
 			log, _ := os.ReadFile(filepath.Join(dir, "pgbouncer.log"))
