@@ -82,7 +82,75 @@ func revoke(ctx context.Context, srvs []*testserver.Redis, key string) error {
 	return errors.Join(errs...)
 }
 
+// clusterHarness runs the suite against a Redis Cluster of its own,
+// through go-redis's ClusterClient.
+type clusterHarness struct{ c *testserver.RedisCluster }
+
+func (h clusterHarness) NewBackend(ctx context.Context) (distlock.Backend, error) {
+	c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: h.c.Addrs(), ContextTimeoutEnabled: true})
+	return redsyncLocker.NewBackend(c, redsyncLocker.WithCloseClient()), nil
+}
+
+// Stop kills every master.
+func (h clusterHarness) Stop(context.Context) error {
+	var errs error
+	for _, m := range h.c.Masters {
+		errs = errors.Join(errs, m.Kill())
+	}
+	return errs
+}
+
+// Start restarts every master and waits until the cluster is healthy
+// again (each node keeps its slots in its nodes.conf).
+func (h clusterHarness) Start(ctx context.Context) error {
+	var errs error
+	for _, m := range h.c.Masters {
+		errs = errors.Join(errs, m.Start(ctx))
+	}
+	if errs != nil {
+		return errs
+	}
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	return h.c.WaitHealthy(ctx)
+}
+
+func (h clusterHarness) Revoke(ctx context.Context, key string) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: h.c.Addrs()})
+	defer c.Close()
+	return c.Del(ctx, key).Err()
+}
+
+// sentinelHarness runs the suite against a master found through a
+// Sentinel, with go-redis's failover client.
+type sentinelHarness struct{ s *testserver.RedisSentinel }
+
+func (h sentinelHarness) NewBackend(ctx context.Context) (distlock.Backend, error) {
+	c := redis.NewFailoverClient(&redis.FailoverOptions{
+		MasterName:            h.s.MasterName,
+		SentinelAddrs:         []string{h.s.Sentinel.Addr},
+		ContextTimeoutEnabled: true,
+	})
+	return redsyncLocker.NewBackend(c, redsyncLocker.WithCloseClient()), nil
+}
+
+// Stop kills the master (the Sentinel stays up; with no replica there is
+// nothing to fail over to).
+func (h sentinelHarness) Stop(context.Context) error { return h.s.Master.Kill() }
+
+func (h sentinelHarness) Start(ctx context.Context) error { return h.s.Master.Start(ctx) }
+
+func (h sentinelHarness) Revoke(ctx context.Context, key string) error {
+	return revoke(ctx, []*testserver.Redis{h.s.Master}, key)
+}
+
 var (
+	_ conformance.Stopper = clusterHarness{}
+	_ conformance.Revoker = clusterHarness{}
+	_ conformance.Stopper = sentinelHarness{}
+	_ conformance.Revoker = sentinelHarness{}
 	_ conformance.Stopper = singleHarness{}
 	_ conformance.Revoker = singleHarness{}
 	_ conformance.Stopper = redlockHarness{}
@@ -98,6 +166,12 @@ func TestConformance(t *testing.T) {
 			srv:  testserver.StartRedis(t, testserver.RedisOptions{}),
 			opts: []redsyncLocker.Option{redsyncLocker.WithoutFencing()},
 		})
+	})
+	t.Run("Cluster3", func(t *testing.T) {
+		conformance.Run(t, clusterHarness{c: testserver.StartRedisCluster(t, 3)})
+	})
+	t.Run("Sentinel", func(t *testing.T) {
+		conformance.Run(t, sentinelHarness{s: testserver.StartRedisSentinel(t, 0)})
 	})
 	t.Run("Redlock5", func(t *testing.T) {
 		// A Redlock grant loses its round time and drift allowance from

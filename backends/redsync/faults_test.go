@@ -3,6 +3,7 @@ package redsync_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"github.com/distlock/distlock"
 	redsyncLocker "github.com/distlock/distlock/backends/redsync"
 	"github.com/distlock/distlock/internal/testserver"
+	"github.com/distlock/distlock/internal/testwait"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -301,5 +303,79 @@ func TestRedlockBackToBackKeepsEveryCopy(t *testing.T) {
 	}
 	if short > 0 {
 		t.Fatalf("%d missing copies in 10 checks", short)
+	}
+}
+
+// TestSentinelFailover: a Sentinel moves the master to its replica
+// (SENTINEL FAILOVER; the old master becomes a read-only replica). The
+// backend, over go-redis's failover client, follows: grants land on the
+// new master within a deadline, and from then on every one does — none
+// sticks to the old master through a connection the backend kept aside.
+// The lock held across the failover is released or reported not held,
+// nothing else.
+func TestSentinelFailover(t *testing.T) {
+	s := testserver.StartRedisSentinel(t, 1)
+	ctx := ctxTimeout(t, 90*time.Second)
+	c := redis.NewFailoverClient(&redis.FailoverOptions{
+		MasterName:            s.MasterName,
+		SentinelAddrs:         []string{s.Sentinel.Addr},
+		ContextTimeoutEnabled: true,
+	})
+	m := distlock.New(redsyncLocker.NewBackend(c, redsyncLocker.WithCloseClient()), distlock.WithRetry(distlock.NoRetry()))
+	defer m.Close()
+	key := uniqueKey(t)
+	for range 5 {
+		tok, err := m.Acquire(ctx, key, 10*time.Second)
+		if err != nil {
+			t.Fatalf("before the failover: %v", err)
+		}
+		if err := m.Release(ctx, key, tok); err != nil {
+			t.Fatalf("before the failover: %v", err)
+		}
+	}
+	held, err := m.Acquire(ctx, key+":held", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	sc := redis.NewSentinelClient(&redis.Options{Addr: s.Sentinel.Addr})
+	defer sc.Close()
+	// The Sentinel promotes a replica only once it has looked at it
+	// (NOGOODSLAVE until then).
+	testwait.For(t, 30*time.Second, "SENTINEL FAILOVER to be accepted", func() bool {
+		return sc.Failover(ctx, s.MasterName).Err() == nil
+	})
+	replica := s.Replicas[0].Addr
+	testwait.For(t, 30*time.Second, "the sentinel to name the replica master", func() bool {
+		addr, err := sc.GetMasterAddrByName(ctx, s.MasterName).Result()
+		return err == nil && len(addr) == 2 && addr[0]+":"+addr[1] == replica
+	})
+	// A grant counts once the new master holds it: until go-redis hears
+	// of the switch, and until the Sentinel demotes the old master, a
+	// grant can still land on the old one (and be lost with it).
+	direct := redis.NewClient(&redis.Options{Addr: replica})
+	defer direct.Close()
+	onNewMaster := func() error {
+		tok, err := m.Acquire(ctx, key, 10*time.Second)
+		if err != nil {
+			return err
+		}
+		v, err := direct.Get(ctx, key).Result()
+		if rerr := m.Release(ctx, key, tok); rerr != nil {
+			return rerr
+		}
+		if !strings.HasSuffix(v, ":"+tok) {
+			return fmt.Errorf("the new master holds %q (%v), not the grant of %q", v, err, tok)
+		}
+		return nil
+	}
+	testwait.For(t, 30*time.Second, "grants to land on the new master", func() bool { return onNewMaster() == nil })
+	for i := range 20 {
+		if err := onNewMaster(); err != nil {
+			t.Fatalf("cycle %d after the failover: %v", i, err)
+		}
+	}
+	if err := m.Release(ctx, key+":held", held); err != nil && !errors.Is(err, distlock.ErrNotHeld) {
+		t.Fatalf("release of the lock held across the failover: %v", err)
 	}
 }
