@@ -46,15 +46,20 @@ type batcher struct {
 	flushPool *workerPool // flushers run on kept goroutines
 }
 
-// call is one queued command: a script (EVALSHA, EVAL on NOSCRIPT) or,
-// with script nil, SET keys[0] value NX PX ttl.
+// req is one lock command: a script (EVALSHA, EVAL on NOSCRIPT) with
+// keys and args or, with script nil, SET key value NX PX ttl.
+type req struct {
+	script     *redis.Script
+	keys       []string
+	args       []any
+	key, value string
+	ttl        time.Duration
+}
+
+// call is a queued req.
 type call struct {
-	ctx    context.Context
-	script *redis.Script
-	keys   []string
-	args   []any
-	value  string
-	ttl    time.Duration
+	ctx context.Context
+	req
 
 	v    int64
 	err  error
@@ -65,47 +70,46 @@ type call struct {
 func (b *batcher) runScript(ctx context.Context, s *redis.Script, keys []string, args ...any) (int64, error) {
 	if b.enter() {
 		defer b.leave()
-		return b.alone(ctx, s, keys, args, "", 0)
+		return b.alone(ctx, req{script: s, keys: keys, args: args})
 	}
-	return b.wait(&call{ctx: ctx, script: s, keys: keys, args: args, done: make(chan struct{})})
+	return b.wait(&call{ctx: ctx, req: req{script: s, keys: keys, args: args}, done: make(chan struct{})})
 }
 
 // setNX sets key to value with ttl if it is free: 1 if set, 0 if not.
 func (b *batcher) setNX(ctx context.Context, key, value string, ttl time.Duration) (int64, error) {
-	keys := []string{key}
+	r := req{key: key, value: value, ttl: ttl}
 	if b.enter() {
 		defer b.leave()
-		return b.alone(ctx, nil, keys, nil, value, ttl)
+		return b.alone(ctx, r)
 	}
-	return b.wait(&call{ctx: ctx, keys: keys, value: value, ttl: ttl, done: make(chan struct{})})
+	return b.wait(&call{ctx: ctx, req: r, done: make(chan struct{})})
 }
 
-// alone sends one command (a call's fields) by itself, on a kept
-// connection if there is one, else through the client's pool; a kept
-// connection that broke is dropped and the command sent again through the
-// pool (see retryElsewhere).
-func (b *batcher) alone(ctx context.Context, s *redis.Script, keys []string, args []any, value string, ttl time.Duration) (int64, error) {
+// alone sends r by itself, on a kept connection if there is one, else
+// through the client's pool; a kept connection that broke is dropped and r
+// sent again through the pool (see retryElsewhere).
+func (b *batcher) alone(ctx context.Context, r req) (int64, error) {
 	kc, kept := b.conns.take()
 	if !kept {
-		v, err := command(ctx, b.client, s, keys, args, value, ttl)
+		v, err := command(ctx, b.client, r)
 		b.conns.warm(err)
 		return reply(v, err)
 	}
-	v, err := command(ctx, kc.conn, s, keys, args, value, ttl)
+	v, err := command(ctx, kc.conn, r)
 	b.conns.put(kc, err)
 	if err != nil && retryElsewhere(ctx, err) {
-		v, err = command(ctx, b.client, s, keys, args, value, ttl)
+		v, err = command(ctx, b.client, r)
 	}
 	return reply(v, err)
 }
 
-// command sends script s, or with s nil SET keys[0] value NX PX ttl (1 if
-// set, 0 if not), and returns its integer reply and go-redis's error.
-func command(ctx context.Context, c redis.Cmdable, s *redis.Script, keys []string, args []any, value string, ttl time.Duration) (int64, error) {
-	if s != nil {
-		return s.Run(ctx, c, keys, args...).Int64()
+// command sends r on c and returns its integer reply (SET NX: 1 if set, 0
+// if not) and go-redis's error.
+func command(ctx context.Context, c redis.Cmdable, r req) (int64, error) {
+	if r.script != nil {
+		return r.script.Run(ctx, c, r.keys, r.args...).Int64()
 	}
-	return setNXReply(c.SetNX(ctx, keys[0], value, ttl).Result())
+	return setNXReply(c.SetNX(ctx, r.key, r.value, r.ttl).Result())
 }
 
 // setNXReply turns SET NX's reply into 1 (set) or 0.
@@ -186,7 +190,7 @@ func (b *batcher) wait(c *call) (int64, error) {
 
 // sendAlone sends c alone, on the caller's goroutine and context.
 func (b *batcher) sendAlone(c *call) (int64, error) {
-	return b.alone(c.ctx, c.script, c.keys, c.args, c.value, c.ttl)
+	return b.alone(c.ctx, c.req)
 }
 
 // flush sends the queued commands as pipelines until the queue is empty,
@@ -271,11 +275,11 @@ func (b *batcher) send(q []*call) {
 func pipeline(ctx context.Context, c redis.Cmdable, live []*call) ([]redis.Cmder, error) {
 	cmds := make([]redis.Cmder, len(live))
 	pipe := c.Pipeline()
-	for i, c := range live {
-		if c.script != nil {
-			cmds[i] = c.script.EvalSha(ctx, pipe, c.keys, c.args...)
+	for i, call := range live {
+		if call.script != nil {
+			cmds[i] = call.script.EvalSha(ctx, pipe, call.keys, call.args...)
 		} else {
-			cmds[i] = pipe.SetNX(ctx, c.keys[0], c.value, c.ttl)
+			cmds[i] = pipe.SetNX(ctx, call.key, call.value, call.ttl)
 		}
 	}
 	_, err := pipe.Exec(ctx)
