@@ -167,6 +167,8 @@ func (m *Manager) acquire(ctx context.Context, key string, ttl time.Duration, to
 			kind = classify(err)
 			if kind == ErrNotAcquired {
 				held = true
+			} else if !explicit && ctx.Err() != nil {
+				m.dropAbandoned(ctx, key, token)
 			}
 		}
 		if cerr := ctx.Err(); cerr != nil {
@@ -216,6 +218,31 @@ func (m *Manager) acquire(ctx context.Context, key string, ttl time.Duration, to
 		case <-wake:
 		}
 	}
+}
+
+// abandonTimeout bounds the release of a grant that an Acquire cut off by
+// its context may have left behind.
+const abandonTimeout = 2 * time.Second
+
+// dropAbandoned releases token's grant of key in the background: the
+// Acquire that tried it ended with its context while the request was in
+// flight, so the server may have granted it after all, to a token nobody
+// will ever use. Only generated tokens are dropped: an explicit token may
+// be its holder's re-acquire. Close waits for it.
+func (m *Manager) dropAbandoned(ctx context.Context, key, token string) {
+	m.mu.Lock()
+	if m.closed.Load() {
+		m.mu.Unlock()
+		return
+	}
+	m.wg.Add(1)
+	m.mu.Unlock()
+	go func() {
+		defer m.wg.Done()
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), abandonTimeout)
+		defer cancel()
+		_ = m.release(rctx, key, token)
+	}()
 }
 
 // Release implements LockManager.

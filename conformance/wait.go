@@ -3,6 +3,8 @@ package conformance
 import (
 	"context"
 	"errors"
+	"fmt"
+	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -84,6 +86,31 @@ var contextCases = []Case{
 		defer timer.Stop()
 		_, err := m2.Lock(ctx, key, e.Long)
 		wantIs(t, err, distlock.ErrNotAcquired, context.Canceled)
+	}},
+	{Topic: "Context", Name: "CutOffLeavesNothing", Run: func(t TB, e *Env) {
+		// An Acquire whose deadline ends while its request is in flight
+		// may be granted by the server after all; the Manager must take
+		// that grant back, so the key does not stay blocked for its TTL.
+		m, probe := e.Manager(t, noRetry), e.Manager(t, noRetry)
+		warmUp(t, e, m)
+		got := 0
+		for i := range 40 {
+			key := e.Key(fmt.Sprintf("cut-off-%d", i))
+			d := time.Duration(10+rand.IntN(600)) * time.Microsecond
+			ctx, cancel := contextWithTimeout(t, d)
+			tok, err := m.Acquire(ctx, key, e.Long)
+			cancel()
+			if err == nil {
+				got++
+				if err := m.Release(t.Context(), key, tok); err != nil {
+					t.Fatalf("Release: %v", err)
+				}
+				continue
+			}
+			eventually(t, min(e.Long/3, 10*time.Second), "the key of an Acquire cut off by its deadline to be free",
+				func() bool { return !heldByOther(t, probe, key) })
+		}
+		t.Logf("%d of 40 acquires made it within their deadline", got)
 	}},
 	{Topic: "Context", Name: "AlreadyCancelledAcquiresNothing", Run: func(t TB, e *Env) {
 		m, probe := e.Manager(t), e.Manager(t, noRetry)

@@ -64,7 +64,7 @@ func openRedis(ctx context.Context, u *url.URL) (distlock.Backend, error) {
 		_ = client.Close()
 		return nil, err
 	}
-	return &Backend{n: newNode(client, true, newConfig(bopts))}, nil
+	return NewBackend(client, append(bopts, WithCloseClient())...), nil
 }
 
 func openRedlock(ctx context.Context, u *url.URL) (distlock.Backend, error) {
@@ -81,6 +81,14 @@ func openRedlock(ctx context.Context, u *url.URL) (distlock.Backend, error) {
 	}
 	addrs = append(addrs, q["addr"]...)
 	q.Del("addr")
+	seen := make(map[string]bool, len(addrs))
+	for _, a := range addrs {
+		if k := strings.ToLower(a); seen[k] {
+			return nil, fmt.Errorf("%w: redlock URL lists master %s twice: its masters must be independent servers", distlock.ErrInvalidArgument, a)
+		} else {
+			seen[k] = true
+		}
+	}
 	if len(addrs) == 0 {
 		return nil, fmt.Errorf("%w: redlock URL names no master (redlock://h1:p1,h2:p2,h3:p3)", distlock.ErrInvalidArgument)
 	}
@@ -134,7 +142,7 @@ func openRedlock(ctx context.Context, u *url.URL) (distlock.Backend, error) {
 	for i, c := range clients {
 		ucs[i] = c
 	}
-	r, err := newRedlock(ucs, true, newConfig(nil))
+	r, err := NewRedlock(ucs, WithCloseClient())
 	if err != nil {
 		closeAll()
 		return nil, err

@@ -1,17 +1,14 @@
 package redsync
 
 import (
-	"reflect"
-	"time"
-	"unsafe"
-
 	"github.com/distlock/distlock"
 	rs "github.com/go-redsync/redsync/v4"
 )
 
-// Option configures NewRedsyncLockManager, NewBackend, NewRedlock and
+// Option configures NewRedsyncLockManager, NewBackend, NewRedlock, New and
 // their Manager variants. Options that only make sense for a Manager
-// (token generator, retry) are ignored by the backend constructors.
+// (token generator, manager options) are ignored by the backend
+// constructors.
 type Option func(*config)
 
 type config struct {
@@ -22,6 +19,7 @@ type config struct {
 	manager       []distlock.Option
 	closeClient   bool
 	noFence       bool
+	cluster       bool
 }
 
 func newConfig(opts []Option) *config {
@@ -42,50 +40,52 @@ func WithTokenGenerator(gen func(key string) string) Option {
 	return func(c *config) { c.tokenGen = gen }
 }
 
-// WithRedsyncOptions takes go-redsync mutex options and maps them onto
-// distlock:
+// WithRedsyncOptions hands go-redsync Mutex options to go-redsync itself:
+// every Acquire then runs a go-redsync Mutex built with them and calls its
+// LockContext, so go-redsync's own retry loop (redsync.WithTries,
+// WithRetryDelay, WithRetryDelayFunc; go-redsync's defaults, 32 tries
+// 50–250 ms apart, where they are not given), quorum, drift
+// (WithDriftFactor), per-node timeout (WithTimeoutFactor), fail-fast and
+// pool shuffling apply as go-redsync documents them. Managers built by
+// NewRedsyncLockManager and NewRedlockManager then make one call per
+// Acquire (distlock.NoRetry) instead of waiting again on top of
+// go-redsync's loop; waiters poll at go-redsync's delay rather than wake
+// on release.
 //
-//   - redsync.WithTries and redsync.WithRetryDelay / WithRetryDelayFunc
-//     become the Manager's RetryStrategy (at most that many attempts,
-//     that delay between them). The delay is only the fallback poll:
-//     waiters wake as soon as the holder releases.
-//   - redsync.WithDriftFactor and redsync.WithTimeoutFactor set the
-//     Redlock clock-drift allowance and per-node timeout (fraction of the
-//     TTL).
-//   - redsync.WithGenValueFunc generates tokens unless WithTokenGenerator
-//     is given.
-//   - redsync.WithExpiry, WithValue, WithShufflePools and WithFailFast
-//     have no effect: the TTL is an argument of every call, the token is
-//     an argument of Acquire, nodes are always asked in parallel and a
-//     Redlock round returns as soon as its outcome is known.
-//     redsync.WithSetNXOnExtend is ignored on purpose: extending an
-//     expired lock must never re-create it.
+// The TTL and the token stay arguments of every call: redsync.WithExpiry,
+// WithValue and WithGenValueFunc have no effect on them (use
+// WithTokenGenerator for tokens). redsync.WithSetNXOnExtend is neutralised
+// on purpose: extending an expired lock must never re-create it.
 func WithRedsyncOptions(opts ...rs.Option) Option {
 	return func(c *config) { c.redsync = append(c.redsync, opts...) }
 }
 
 // WithManagerOptions passes options to the Manager built by
-// NewRedsyncLockManager or NewRedlockManager, such as distlock.WithRetry.
-// They apply after the options derived from WithRedsyncOptions.
+// NewRedsyncLockManager, NewRedlockManager or NewManager, such as
+// distlock.WithRetry. They apply after the options this package derives.
 func WithManagerOptions(opts ...distlock.Option) Option {
 	return func(c *config) { c.manager = append(c.manager, opts...) }
 }
 
 // WithCloseClient makes the backend's Close (and so the Manager's) close
-// the client(s) it was given too.
+// the go-redis client(s) it was given too.
 func WithCloseClient() Option {
 	return func(c *config) { c.closeClient = true }
 }
 
 // WithoutFencing makes a single-node backend grant locks without fencing
-// numbers (Capabilities.Fencing false, Lock.Fence 0). An uncontended
-// acquire is then a plain SET NX PX, the cost of the raw floor, instead of
-// a script that also increments the counter. Redlock never fences.
+// numbers (Capabilities.Fencing false, Lock.Fence 0): every call is then a
+// go-redsync Mutex operation with one pool (SET NX PX to acquire, its own
+// scripts to extend and release) and the lock's value is the bare token,
+// as go-redsync stores it. Redlock never fences.
 func WithoutFencing() Option {
 	return func(c *config) { c.noFence = true }
 }
 
 // WithFenceKey names the fencing counter key (default DefaultFenceKey).
+// Lock keys that begin with it are refused with ErrInvalidArgument, so no
+// lock can ever be named like the counter. Every manager sharing locks
+// must use the same fence key.
 func WithFenceKey(key string) Option {
 	return func(c *config) {
 		if key != "" {
@@ -105,96 +105,19 @@ func WithChannelPrefix(prefix string) Option {
 	}
 }
 
-// mutexSettings is what a go-redsync Mutex was configured with.
-type mutexSettings struct {
-	tries         int
-	delay         rs.DelayFunc
-	driftFactor   float64
-	timeoutFactor float64
-	genValue      func() (string, error) // nil unless set by the caller
-}
-
-// defaultSettings are go-redsync's defaults that distlock uses where the
-// caller gave no option (the retry is distlock's own default instead).
-var defaultSettings = mutexSettings{tries: 32, driftFactor: 0.01, timeoutFactor: 0.05}
-
-// readMutexSettings applies opts to a throwaway go-redsync Mutex and reads
-// back what they set. redsync.Option values are opaque functions over the
-// Mutex's unexported fields, so reading them needs reflection; a field
-// that is missing or changed type in another redsync version leaves the
-// default (TestRedsyncOptionsTranslate pins the mapping for the version in
-// go.mod).
-func readMutexSettings(opts []rs.Option) mutexSettings {
-	s := defaultSettings
-	if len(opts) == 0 {
-		return s
-	}
-	plain := rs.New().NewMutex("distlock-probe")
-	m := rs.New().NewMutex("distlock-probe", opts...)
-	v := reflect.ValueOf(m).Elem()
-	pv := reflect.ValueOf(plain).Elem()
-	field := func(v reflect.Value, name string, kind reflect.Kind) (reflect.Value, bool) {
-		f := v.FieldByName(name)
-		if !f.IsValid() || f.Kind() != kind {
-			return reflect.Value{}, false
-		}
-		return reflect.NewAt(f.Type(), unsafe.Pointer(f.UnsafeAddr())).Elem(), true
-	}
-	if f, ok := field(v, "tries", reflect.Int); ok {
-		s.tries = int(f.Int())
-	}
-	if f, ok := field(v, "delayFunc", reflect.Func); ok {
-		if d, ok := f.Interface().(rs.DelayFunc); ok && d != nil {
-			s.delay = d
-		}
-	}
-	if f, ok := field(v, "driftFactor", reflect.Float64); ok {
-		s.driftFactor = f.Float()
-	}
-	if f, ok := field(v, "timeoutFactor", reflect.Float64); ok {
-		s.timeoutFactor = f.Float()
-	}
-	if f, ok := field(v, "genValueFunc", reflect.Func); ok {
-		if p, ok := field(pv, "genValueFunc", reflect.Func); ok && f.Pointer() != p.Pointer() {
-			if g, ok := f.Interface().(func() (string, error)); ok {
-				s.genValue = g
-			}
-		}
-	}
-	return s
-}
-
-// redsyncRetry is go-redsync's retry loop as a distlock RetryStrategy:
-// tries attempts in all, delay(n) before attempt n+1.
-type redsyncRetry struct {
-	tries int
-	delay rs.DelayFunc
-}
-
-func (r redsyncRetry) NextBackoff(attempt int, _ time.Duration) (time.Duration, bool) {
-	if attempt >= r.tries {
-		return 0, false
-	}
-	return r.delay(attempt), true
+// WithCluster tells a backend built on a go-redsync pool (New,
+// NewPoolBackend) that the pool reaches a Redis Cluster, so that each
+// key's fence counter lives in the key's own hash slot. Backends built on a
+// go-redis *redis.ClusterClient know it already.
+func WithCluster() Option {
+	return func(c *config) { c.cluster = true }
 }
 
 // managerOptions returns the distlock options c implies.
 func (c *config) managerOptions() []distlock.Option {
 	var out []distlock.Option
 	if len(c.redsync) > 0 {
-		s := readMutexSettings(c.redsync)
-		if s.delay != nil {
-			out = append(out, distlock.WithRetry(redsyncRetry{tries: max(s.tries, 1), delay: s.delay}))
-		}
-		if c.tokenGen == nil && s.genValue != nil {
-			gen := s.genValue
-			out = append(out, distlock.WithTokenGenerator(func(string) string {
-				if v, err := gen(); err == nil && v != "" {
-					return v
-				}
-				return distlock.NewToken()
-			}))
-		}
+		out = append(out, distlock.WithRetry(distlock.NoRetry()))
 	}
 	if c.tokenGen != nil {
 		out = append(out, distlock.WithTokenGenerator(c.tokenGen))
