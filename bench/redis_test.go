@@ -386,6 +386,14 @@ func BenchmarkRedisRedlockInterleaved(b *testing.B) {
 		}
 		return cs
 	}
+	failfast := func(n int) LockFunc {
+		m, err := redsyncLocker.NewRedlockManager(clients(n), redsyncLocker.WithRedsyncOptions(rs.WithFailFast(true)))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { _ = m.Close() })
+		return distlockAcquire(m)
+	}
 	Interleaved(b,
 		NamedLock{"raw-1", rawRedis(rawClients(1)[0])},
 		NamedLock{"raw-redlock-3", rawRedlock(rawClients(3))},
@@ -396,6 +404,7 @@ func BenchmarkRedisRedlockInterleaved(b *testing.B) {
 		NamedLock{"redsync-3", redsyncMutex(newRedsync(clients(3)...))},
 		NamedLock{"redsync-5", redsyncMutex(newRedsync(clients(5)...))},
 		NamedLock{"redsync-failfast-3", redsyncMutex(newRedsync(clients(3)...), rs.WithFailFast(true))},
+		NamedLock{"distlock-failfast-3", failfast(3)},
 	)
 }
 

@@ -48,13 +48,15 @@ func TestConformanceStandalone(t *testing.T) {
 }
 
 // The same token never loses its lock on re-acquire: hammer re-acquires
-// while many contenders poll, and check none ever gets in.
+// while many contenders poll, and check none ever gets in. (The TTL is
+// long: what is tested is that a re-acquire never leaves a gap, not how
+// often a loaded scheduler runs the holder.)
 func TestReacquireNeverDropsLock(t *testing.T) {
 	s := memory.NewStore()
 	holder := distlock.New(s.Backend())
 	defer holder.Close()
 	key := "seat:42"
-	tok, err := holder.Acquire(t.Context(), key, 50*time.Millisecond)
+	tok, err := holder.Acquire(t.Context(), key, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,7 +81,7 @@ func TestReacquireNeverDropsLock(t *testing.T) {
 	// Re-acquire until the contenders have probed 2000 times (at most 10s).
 	deadline := time.Now().Add(10 * time.Second)
 	for probes.Load() < 2000 && time.Now().Before(deadline) {
-		if _, err := holder.Acquire(t.Context(), key, 50*time.Millisecond, tok); err != nil {
+		if _, err := holder.Acquire(t.Context(), key, 5*time.Second, tok); err != nil {
 			t.Fatalf("re-acquire: %v", err)
 		}
 	}

@@ -59,6 +59,7 @@ const (
 type core struct {
 	pools         []rsredis.Pool // the caller's pools
 	rsync         *rs.Redsync    // over the pools wrapped by grantPool
+	plain         *rs.Redsync    // over the pools as they are (release)
 	quorum        int
 	fenced        bool // single node only
 	cluster       bool
@@ -86,7 +87,7 @@ func newCore(pools []rsredis.Pool, cfg *config) *core {
 	for i, p := range pools {
 		wrapped[i] = &grantPool{Pool: p, c: c, i: i}
 	}
-	c.rsync = rs.New(wrapped...)
+	c.rsync, c.plain = rs.New(wrapped...), rs.New(pools...)
 	return c
 }
 
@@ -262,9 +263,14 @@ func (c *core) Acquire(ctx context.Context, key, token string, ttl time.Duration
 		}
 		return distlock.Grant{TTL: ttl, Fence: uint64(reacquired(f))}, nil
 	}
-	r := &round{created: make([]atomic.Bool, len(c.pools))}
+	r := &round{}
+	r.created = r.one[:]
+	if len(c.pools) > 1 {
+		r.created = make([]atomic.Bool, len(c.pools))
+	}
 	rctx := context.WithValue(ctx, roundKey{}, r)
-	m := c.rsync.NewMutex(key, c.mutexOptions(token, ttl)...)
+	m := c.rsync.NewMutex(key, c.mutexOptions(ttl,
+		rs.WithGenValueFunc(func() (string, error) { return token, nil }))...)
 	start := time.Now()
 	var err error
 	if len(c.ropts) > 0 {
@@ -294,7 +300,7 @@ func (c *core) Extend(ctx context.Context, key, token string, ttl time.Duration)
 		}
 		return distlock.Grant{TTL: ttl, Fence: uint64(f)}, nil
 	}
-	m := c.rsync.NewMutex(key, c.mutexOptions(token, ttl)...)
+	m := c.rsync.NewMutex(key, c.mutexOptions(ttl, rs.WithValue(token))...)
 	start := time.Now()
 	if ok, err := m.ExtendContext(ctx); !ok {
 		return distlock.Grant{}, c.failure(err, distlock.ErrNotHeld)
@@ -318,7 +324,12 @@ func (c *core) Release(ctx context.Context, key, token string) error {
 		}
 		return nil
 	}
-	m := c.rsync.NewMutex(key, c.mutexOptions(token, time.Second)...)
+	var m *rs.Mutex
+	if len(c.ropts) == 0 {
+		m = c.plain.NewMutex(key, rs.WithValue(token))
+	} else {
+		m = c.plain.NewMutex(key, append(c.ropts[:len(c.ropts):len(c.ropts)], rs.WithValue(token))...)
+	}
 	if ok, err := m.UnlockContext(ctx); !ok {
 		return c.failure(err, distlock.ErrNotHeld)
 	}
@@ -473,17 +484,14 @@ const minNodeTimeout = 50 * time.Millisecond
 
 // mutexOptions are the options of a go-redsync Mutex for one call: the
 // per-node timeout floor, then the caller's go-redsync options, then the
-// call's own TTL and token, which always win.
-func (c *core) mutexOptions(token string, ttl time.Duration) []rs.Option {
-	opts := make([]rs.Option, 0, len(c.ropts)+4)
+// call's own TTL and token (own), which always win.
+func (c *core) mutexOptions(ttl time.Duration, own rs.Option) []rs.Option {
+	opts := make([]rs.Option, 0, len(c.ropts)+3)
 	if f := float64(minNodeTimeout) / float64(ttl); f > 0.05 {
 		opts = append(opts, rs.WithTimeoutFactor(min(f, 1)))
 	}
 	opts = append(opts, c.ropts...)
-	return append(opts,
-		rs.WithExpiry(ttl),
-		rs.WithValue(token),
-		rs.WithGenValueFunc(func() (string, error) { return token, nil }))
+	return append(opts, rs.WithExpiry(ttl), own)
 }
 
 // failure turns a failed go-redsync Mutex call into distlock's kinds:
@@ -535,6 +543,7 @@ type grantPool struct {
 // round is the state of one Acquire's Mutex rounds, carried to the pools in
 // the context go-redsync hands them.
 type round struct {
+	one     [1]atomic.Bool
 	created []atomic.Bool // by pool: this round's grant is there to undo
 	fence   atomic.Int64  // fenced single node: the grant's fence
 }
