@@ -409,13 +409,19 @@ func BenchmarkRedisRedlockInterleaved(b *testing.B) {
 }
 
 // BenchmarkRedisParallel16Interleaved: 16 goroutines on distinct keys,
-// taking turns in 250ms phases between the floor, distlock, go-redsync and
-// bsm/redislock. b.N is the number of rounds: run with -benchtime 8x.
+// taking turns in 250ms phases between the floor, distlock (also through
+// go-redis's own AutoPipeliner), go-redsync and bsm/redislock. b.N is the number of rounds: run with -benchtime 8x.
 func BenchmarkRedisParallel16Interleaved(b *testing.B) {
 	addr := redisAddr(b)
+	ap, err := newRedisClient(b, addr).AutoPipeline()
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = ap.Close() })
 	ParallelInterleaved(b, 16, 250*time.Millisecond,
 		NamedLock{"raw", rawRedis(newRedisClient(b, addr))},
 		NamedLock{"distlock", distlockAcquire(newRedisManager(b, newRedisClient(b, addr), distlock.DefaultRetry))},
+		NamedLock{"distlock-autopipeline", distlockAcquire(newRedisManager(b, ap, distlock.DefaultRetry))},
 		NamedLock{"distlock-nofence", distlockAcquire(newRedisManager(b, newRedisClient(b, addr), distlock.DefaultRetry, redsyncLocker.WithoutFencing()))},
 		NamedLock{"redsync", redsyncMutex(newRedsync(newRedisClient(b, addr)))},
 		NamedLock{"redislock", bsmRedislock(newRedisClient(b, addr), redislock.LinearBackoff(time.Millisecond))},
