@@ -31,13 +31,28 @@ const ScopeName = "github.com/distlock/distlock"
 
 // Metric names; docs/observability.md describes each.
 const (
+	// MetricAcquireDuration (histogram, s): how long Acquire, Lock and Do
+	// took to get the lock or give up. Attributes: backend, outcome.
 	MetricAcquireDuration = "distlock.acquire.duration"
-	MetricWaitDuration    = "distlock.acquire.wait.duration"
-	MetricAttempts        = "distlock.acquire.attempts"
-	MetricHeld            = "distlock.locks.held"
-	MetricLost            = "distlock.locks.lost"
-	MetricRenewFailures   = "distlock.renew.failures"
-	MetricHandoffs        = "distlock.handoffs"
+	// MetricWaitDuration (histogram, s): how long a call waited for a key
+	// held by others, until the attempt that got it or until it gave up.
+	// Attributes: backend, outcome.
+	MetricWaitDuration = "distlock.acquire.wait.duration"
+	// MetricAttempts (counter): acquire attempts sent to the backend.
+	// Attributes: backend, outcome.
+	MetricAttempts = "distlock.acquire.attempts"
+	// MetricHeld (observable up-down counter): lock handles (Lock, Do)
+	// held now. Attribute: backend.
+	MetricHeld = "distlock.locks.held"
+	// MetricLost (counter): lock handles that ended without their Release.
+	// Attributes: backend, reason.
+	MetricLost = "distlock.locks.lost"
+	// MetricRenewFailures (counter): automatic renewals that failed.
+	// Attributes: backend, outcome.
+	MetricRenewFailures = "distlock.renew.failures"
+	// MetricHandoffs (counter): locks handed by a release straight to a
+	// waiting goroutine of the same Manager. Attribute: backend.
+	MetricHandoffs = "distlock.handoffs"
 )
 
 // Attribute keys of distlock's metrics, spans and log records.

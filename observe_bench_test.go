@@ -22,30 +22,40 @@ import (
 // default hooks, taking turns every block of operations so that both see
 // the same machine load. It reports each row's ns/op and the overhead
 // (default/baseline − 1) in %, over the whole run and as the median of the
-// per-block ratios. A third row, with the OpenTelemetry SDK recording
-// metrics and sampling every span, shows what turning it on costs.
+// per-block ratios. A control row, a second Manager without hooks, shows
+// the noise floor. The -sdk variants add a row with the OpenTelemetry SDK
+// recording every metric and sampling every span (nothing exported): what
+// turning it on costs. The redis rows need a redis-server (see
+// internal/testserver).
 //
-//	go test -run '^$' -bench ObservabilityOverhead -benchtime 200000x -count 5 .
+//	go test -run '^$' -bench 'ObservabilityOverhead/memory$' -benchtime 200000x -count 8 .
+//	go test -run '^$' -bench 'ObservabilityOverhead/redis$' -benchtime 20000x -count 5 .
 func BenchmarkObservabilityOverhead(b *testing.B) {
 	if !otelGlobalsUnset() {
 		b.Fatal("a test installed a global OpenTelemetry provider: run the benchmark alone (-run '^$')")
 	}
-	b.Run("memory", func(b *testing.B) {
-		s := memory.NewStore()
-		rows := overheadRows(b, false, func(opts ...distlock.Option) *distlock.Manager { return distlock.New(s.Backend(), opts...) })
-		interleaved(b, 512, rows)
-	})
-	b.Run("redis", func(b *testing.B) {
-		url := testserver.RedisURL(b)
-		rows := overheadRows(b, false, func(opts ...distlock.Option) *distlock.Manager {
-			m, err := distlock.Open(context.Background(), url, opts...)
-			if err != nil {
-				b.Fatal(err)
-			}
-			return m
+	for _, sdk := range []bool{false, true} {
+		suffix := ""
+		if sdk {
+			suffix = "-sdk"
+		}
+		b.Run("memory"+suffix, func(b *testing.B) {
+			s := memory.NewStore()
+			rows := overheadRows(b, sdk, func(opts ...distlock.Option) *distlock.Manager { return distlock.New(s.Backend(), opts...) })
+			interleaved(b, 512, rows)
 		})
-		interleaved(b, 32, rows)
-	})
+		b.Run("redis"+suffix, func(b *testing.B) {
+			url := testserver.RedisURL(b)
+			rows := overheadRows(b, sdk, func(opts ...distlock.Option) *distlock.Manager {
+				m, err := distlock.Open(context.Background(), url, opts...)
+				if err != nil {
+					b.Fatal(err)
+				}
+				return m
+			})
+			interleaved(b, 32, rows)
+		})
+	}
 }
 
 func otelGlobalsUnset() bool {

@@ -458,12 +458,12 @@ func TestObservabilityNoTokenKeyOnlyOptIn(t *testing.T) {
 		for _, s := range o.spans.Ended() {
 			got["span"] = append(got["span"], s.Name()+" "+s.Status().Description)
 			for _, kv := range s.Attributes() {
-				got["span"] = append(got["span"], string(kv.Key)+"="+kv.Value.Emit())
+				got["span"] = append(got["span"], string(kv.Key)+"="+kv.Value.String())
 			}
 			for _, e := range s.Events() {
 				got["span"] = append(got["span"], e.Name)
 				for _, kv := range e.Attributes {
-					got["span"] = append(got["span"], string(kv.Key)+"="+kv.Value.Emit())
+					got["span"] = append(got["span"], string(kv.Key)+"="+kv.Value.String())
 				}
 			}
 		}
@@ -483,7 +483,7 @@ func TestObservabilityNoTokenKeyOnlyOptIn(t *testing.T) {
 				}
 				for _, set := range sets {
 					for _, kv := range set.ToSlice() {
-						got["metric"] = append(got["metric"], m.Name+" "+string(kv.Key)+"="+kv.Value.Emit())
+						got["metric"] = append(got["metric"], m.Name+" "+string(kv.Key)+"="+kv.Value.String())
 					}
 				}
 			}
@@ -614,5 +614,31 @@ func TestObservabilityGlobalProviders(t *testing.T) {
 	}
 	if got := count(t, rm, distlock.MetricAttempts, outcome("acquired")); got != 1 {
 		t.Fatalf("attempts %d, want 1", got)
+	}
+}
+
+// With no logger and no OpenTelemetry SDK installed, the hooks allocate
+// nothing: Acquire+Release allocate as much as on a Manager without hooks.
+func TestObservabilityDefaultPathAllocatesNothing(t *testing.T) {
+	if !otelGlobalsUnset() {
+		t.Skip("a global OpenTelemetry provider is installed")
+	}
+	ctx := t.Context()
+	allocs := func(m *distlock.Manager) float64 {
+		defer m.Close()
+		return testing.AllocsPerRun(200, func() {
+			tok, err := m.Acquire(ctx, "k", time.Minute)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := m.Release(ctx, "k", tok); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	base := allocs(memory.NewManager(distlock.WithoutObservability()))
+	def := allocs(memory.NewManager())
+	if def != base {
+		t.Fatalf("default Manager: %v allocations per Acquire+Release, without hooks %v", def, base)
 	}
 }
