@@ -361,6 +361,14 @@ func TestObservabilitySpans(t *testing.T) {
 	if err := o.Do(ctx, "d", time.Minute, func(context.Context) error { return boom }); !errors.Is(err, boom) {
 		t.Fatal(err)
 	}
+	err = o.Do(ctx, "d", time.Minute, func(ctx context.Context) error {
+		o.store.Revoke("d") // as an operator would: the lock is lost while fn runs
+		<-ctx.Done()
+		return ctx.Err()
+	})
+	if !errors.Is(err, distlock.ErrLockLost) {
+		t.Fatal(err)
+	}
 
 	type want struct {
 		name, outcome string
@@ -374,6 +382,8 @@ func TestObservabilitySpans(t *testing.T) {
 		{"distlock.Do", "ok", true, false},
 		{"distlock.Lock", "acquired", true, false}, // inside the second Do
 		{"distlock.Do", "error", true, true},
+		{"distlock.Lock", "acquired", true, false}, // inside the third Do
+		{"distlock.Do", "lost", true, true},
 	}
 	spans := o.spans.Ended()
 	if len(spans) != len(wants) {
