@@ -97,21 +97,22 @@ const (
 // WithLogger makes the Manager log through l: lost locks and renewal
 // failures (Warn), backend unavailability (Error), acquires that gave up
 // (Info) and closes that ended held locks (Debug). Without it the Manager
-// logs nothing. Log records never carry tokens; the key only with
-// WithKeyAttribute.
+// logs nothing (nor does it with a nil l). Log records never carry tokens;
+// the key only with WithKeyAttribute.
 func WithLogger(l *slog.Logger) Option {
 	return func(c *managerConfig) { c.obs.logger = l }
 }
 
 // WithMeterProvider makes the Manager record its metrics on mp instead of
-// the global MeterProvider (otel.GetMeterProvider).
+// the global MeterProvider (otel.GetMeterProvider); nil means the global
+// one.
 func WithMeterProvider(mp metric.MeterProvider) Option {
 	return func(c *managerConfig) { c.obs.mp = mp }
 }
 
 // WithTracerProvider makes the Manager start its spans (one per Acquire,
 // Lock and Do) on tp instead of the global TracerProvider
-// (otel.GetTracerProvider).
+// (otel.GetTracerProvider); nil means the global one.
 func WithTracerProvider(tp trace.TracerProvider) Option {
 	return func(c *managerConfig) { c.obs.tp = tp }
 }
