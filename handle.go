@@ -102,7 +102,9 @@ func (m *Manager) Lock(ctx context.Context, key string, ttl time.Duration, opts 
 			o(&cfg)
 		}
 	}
-	token, g, t0, err := m.acquire(ctx, key, ttl, cfg.token, cfg.hasToken, cfg.retry)
+	ctx, oc := m.obs.begin(ctx, spanLock, key)
+	token, g, t0, err := m.acquire(ctx, key, ttl, cfg.token, cfg.hasToken, cfg.retry, oc)
+	oc.acquired(ctx, "lock", g, t0, err)
 	if err != nil {
 		return nil, err
 	}
@@ -172,6 +174,7 @@ func (l *Lock) finish(reason error) {
 	}
 	l.ended = true
 	l.err = reason
+	l.m.obs.ended(l, reason) // before Done, so whoever waits on it sees the loss counted
 	close(l.done)
 	if l.timer != nil {
 		l.timer.Stop()
@@ -206,6 +209,7 @@ func (l *Lock) renew() {
 		ctx, cancel := context.WithDeadline(context.Background(), l.Expiry())
 		g, t0, err := l.m.extend(ctx, "renew", l.key, l.token, ttl)
 		cancel()
+		l.m.obs.renewed(l, err)
 		switch {
 		case err == nil:
 			l.extended(g, t0)
@@ -225,7 +229,9 @@ func (l *Lock) renew() {
 }
 
 // Do implements LockManager.
-func (m *Manager) Do(ctx context.Context, key string, ttl time.Duration, fn func(ctx context.Context) error, opts ...LockOption) error {
+func (m *Manager) Do(ctx context.Context, key string, ttl time.Duration, fn func(ctx context.Context) error, opts ...LockOption) (err error) {
+	ctx, oc := m.obs.begin(ctx, spanDo, key)
+	defer func() { oc.done(err) }()
 	if fn == nil {
 		return &Error{Op: "do", Key: key, Kind: ErrInvalidArgument, Err: errors.New("nil fn")}
 	}
@@ -233,6 +239,7 @@ func (m *Manager) Do(ctx context.Context, key string, ttl time.Duration, fn func
 	if err != nil {
 		return err
 	}
+	oc.locked(l)
 	fctx, cancel := context.WithCancelCause(ctx)
 	watchDone := make(chan struct{})
 	go func() {

@@ -195,6 +195,7 @@ func (m *Manager) handOff(ctx context.Context, key, token string) (done, wake bo
 		w.granted = &handoff{g: g, t0: t0}
 		m.removeLocked(key, w)
 		signal(w.got)
+		m.obs.handoff(ctx)
 	} else {
 		if q := m.queues[key]; q != nil && q.streak > 0 {
 			q.streak--

@@ -22,6 +22,7 @@ type Manager struct {
 	watcher    LossWatcher
 	transferer Transferer
 	cfg        managerConfig
+	obs        *observer // logs, metrics, traces: observe.go
 
 	qmu     sync.Mutex
 	queues  map[string]*keyQueue // goroutines waiting for a key, see handoff.go
@@ -56,6 +57,7 @@ func New(b Backend, opts ...Option) *Manager {
 			o(&m.cfg)
 		}
 	}
+	m.obs = newObserver(m, m.cfg.obs)
 	return m
 }
 
@@ -71,14 +73,16 @@ func (m *Manager) Acquire(ctx context.Context, key string, ttl time.Duration, to
 	if len(token) == 1 {
 		tok = token[0]
 	}
-	tok, _, _, err := m.acquire(ctx, key, ttl, tok, len(token) == 1, m.cfg.retry)
+	ctx, oc := m.obs.begin(ctx, spanAcquire, key)
+	tok, g, t0, err := m.acquire(ctx, key, ttl, tok, len(token) == 1, m.cfg.retry, oc)
+	oc.acquired(ctx, "acquire", g, t0, err)
 	return tok, err
 }
 
 // acquire is the wait loop shared by Acquire, Lock and Do. It returns the
 // token, the grant, and when the successful attempt started (the base of
-// the conservative expiry).
-func (m *Manager) acquire(ctx context.Context, key string, ttl time.Duration, token string, explicit bool, retry RetryStrategy) (string, Grant, time.Time, error) {
+// the conservative expiry). oc observes the call (observe.go).
+func (m *Manager) acquire(ctx context.Context, key string, ttl time.Duration, token string, explicit bool, retry RetryStrategy, oc *call) (string, Grant, time.Time, error) {
 	const op = "acquire"
 	if m.closed.Load() {
 		return "", Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: ErrClosed}
@@ -153,6 +157,7 @@ func (m *Manager) acquire(ctx context.Context, key string, ttl time.Duration, to
 			t0 := time.Now()
 			var g Grant
 			g, err = m.b.Acquire(ctx, key, token, ttl)
+			oc.attempt(ctx, err)
 			if err == nil {
 				if w != nil {
 					// A transfer that landed meanwhile granted the same
@@ -320,6 +325,7 @@ func (m *Manager) wrap(ctx context.Context, op, key string, err error) error {
 	if cerr := ctx.Err(); cerr != nil && kind != ErrNotHeld {
 		c = joinCtx(c, cerr)
 	}
+	m.obs.failed(ctx, op, key, kind, c)
 	return &Error{Op: op, Key: key, Kind: kind, Err: c}
 }
 
@@ -338,6 +344,7 @@ func (m *Manager) Close() error {
 			l.finish(&Error{Op: "close", Key: l.key, Kind: ErrLockLost, Err: ErrClosed})
 		}
 		m.wg.Wait()
+		m.obs.close()
 		m.closeErr = m.b.Close()
 	})
 	return m.closeErr

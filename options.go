@@ -11,6 +11,8 @@ type managerConfig struct {
 	renewFrac float64
 
 	handoffLimit int
+
+	obs obsConfig // observe.go
 }
 
 // WithRetry sets the strategy Acquire, Lock and Do use while a key is held
