@@ -1,0 +1,127 @@
+package postgres_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/distlock/distlock"
+	"github.com/distlock/distlock/backends/postgres"
+	"github.com/distlock/distlock/internal/testserver"
+)
+
+// Open is bounded by connect_timeout (DefaultConnectTimeout when absent)
+// whatever the caller's ctx; a port that speaks another protocol, or says
+// nothing, gives ErrUnavailable saying PostgreSQL was expected. Before, a
+// silent port kept Open(context.Background()) waiting for good.
+func TestOpenFailsFast(t *testing.T) {
+	targets := map[string]string{
+		"ssh greeting": testserver.StartBogus(t, testserver.SSHGreeting).Addr,
+		"silent":       testserver.StartBogus(t, nil).Addr,
+	}
+	for name, addr := range targets {
+		for _, q := range []string{"connect_timeout=1", ""} {
+			t.Run(name+"/"+q, func(t *testing.T) {
+				t.Parallel()
+				bound := postgres.DefaultConnectTimeout
+				if q != "" {
+					bound = time.Second
+				}
+				start := time.Now()
+				_, err := distlock.Open(context.Background(), fmt.Sprintf("postgres://postgres:s3cr3t-pw@%s/x?%s", addr, q))
+				took := time.Since(start)
+				if !errors.Is(err, distlock.ErrUnavailable) {
+					t.Fatalf("Open: %v, want ErrUnavailable", err)
+				}
+				if took > bound+time.Second {
+					t.Fatalf("Open took %v, want at most about %v", took, bound)
+				}
+				msg := err.Error()
+				if !strings.Contains(msg, addr) || !strings.Contains(msg, "PostgreSQL") || strings.Contains(msg, "s3cr3t") {
+					t.Fatalf("error %q: want the address and the protocol expected, no password", msg)
+				}
+				t.Logf("%v (after %v)", err, took)
+			})
+		}
+	}
+	if postgres.DefaultConnectTimeout > 5*time.Second {
+		t.Fatalf("DefaultConnectTimeout %v: documented as at most 5s", postgres.DefaultConnectTimeout)
+	}
+}
+
+// Release or Extend through another instance says so, distinct from a
+// wrong token.
+func TestNotOwnerInstance(t *testing.T) {
+	h := newHarness(t, server(t), "")
+	m1, m2 := h.manager(t), h.manager(t)
+	ctx := ctxT(t, 30*time.Second)
+	tok, err := m1.Acquire(ctx, "k", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = m2.Release(ctx, "k", tok)
+	if !errors.Is(err, distlock.ErrNotOwnerInstance) || !errors.Is(err, distlock.ErrNotHeld) || !strings.Contains(err.Error(), "another session") {
+		t.Fatalf("Release through another manager: %v, want ErrNotOwnerInstance saying another session holds it", err)
+	}
+	t.Logf("%v", err)
+	if err := m1.Release(ctx, "k", "wrong"); errors.Is(err, distlock.ErrNotOwnerInstance) || !errors.Is(err, distlock.ErrNotHeld) {
+		t.Fatalf("wrong token on the holder: %v, want plain ErrNotHeld", err)
+	}
+	if err := m1.Release(ctx, "k", tok); err != nil {
+		t.Fatal(err)
+	}
+	if err := m2.Release(ctx, "k", tok); errors.Is(err, distlock.ErrNotOwnerInstance) || !errors.Is(err, distlock.ErrNotHeld) {
+		t.Fatalf("Release of a free key: %v, want plain ErrNotHeld", err)
+	}
+}
+
+// Inspect answers from memory for the holder and from pg_locks for others,
+// and never changes the lock.
+func TestInspect(t *testing.T) {
+	h := newHarness(t, server(t), "")
+	m1, m2 := h.manager(t), h.manager(t)
+	ctx := ctxT(t, 30*time.Second)
+	l, err := m1.Lock(ctx, "k", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	own, err := m1.Inspect(ctx, "k")
+	if err != nil || !own.Held || own.Fence != l.Fence() || own.TTL <= 50*time.Second {
+		t.Fatalf("holder's Inspect: %+v, %v (fence %d)", own, err, l.Fence())
+	}
+	other, err := m2.Inspect(ctx, "k")
+	if err != nil || other != (distlock.LockInfo{Held: true}) {
+		t.Fatalf("other instance's Inspect: %+v, %v, want held with TTL and fence unknown", other, err)
+	}
+	if err := l.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if info, err := m2.Inspect(ctx, "k"); err != nil || info.Held {
+		t.Fatalf("Inspect after Release: %+v, %v", info, err)
+	}
+}
+
+// A failure after Open names the server.
+func TestUnavailableNamesServer(t *testing.T) {
+	if !testserver.PostgresAvailable() {
+		testserver.Unavailable(t, "PostgreSQL", testserver.PostgresHowTo)
+	}
+	srv := testserver.StartPostgres(t)
+	if srv.External() {
+		t.Skip("cannot stop an external server")
+	}
+	h := newHarness(t, srv, "")
+	m := h.manager(t, distlock.WithRetry(distlock.NoRetry()))
+	if err := srv.Stop(ctxT(t, 30*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	where := fmt.Sprintf("127.0.0.1:%d", srv.Port)
+	_, err := m.Acquire(ctxT(t, 10*time.Second), "k", time.Minute)
+	if !errors.Is(err, distlock.ErrUnavailable) || !strings.Contains(err.Error(), where) {
+		t.Fatalf("Acquire with the server down: %v, want ErrUnavailable naming %s", err, where)
+	}
+	t.Logf("%v", err)
+}
