@@ -59,16 +59,21 @@ func TestOpenFailsFast(t *testing.T) {
 // Failures after Open name the endpoints.
 func TestUnavailableNamesEndpoints(t *testing.T) {
 	srv := testserver.EtcdCluster(t, 1)
-	m := open(t, srv, distlock.WithRetry(distlock.NoRetry()))
+	byURL := open(t, srv, distlock.WithRetry(distlock.NoRetry()))
+	// On the user's client the Manager knows no URL: the backend names the
+	// endpoints itself.
+	onClient := distlock.New(etcd.New(newClient(t, srv.Endpoints), etcd.WithRequestTimeout(2*time.Second)), distlock.WithRetry(distlock.NoRetry()))
+	t.Cleanup(func() { onClient.Close() })
 	if err := srv.Cluster.StopMember(0); err != nil {
 		t.Fatal(err)
 	}
-	ctx := ctxT(t, 3*time.Second)
-	_, err := m.Acquire(ctx, "k", 5*time.Second)
-	if !errors.Is(err, distlock.ErrUnavailable) || !strings.Contains(err.Error(), srv.Endpoints[0]) {
-		t.Fatalf("Acquire with the server gone: %v, want ErrUnavailable naming %s", err, srv.Endpoints[0])
-	}
-	if _, err := m.Inspect(ctxT(t, 3*time.Second), "k"); !errors.Is(err, distlock.ErrUnavailable) || !strings.Contains(err.Error(), srv.Endpoints[0]) {
-		t.Fatalf("Inspect with the server gone: %v, want ErrUnavailable naming %s", err, srv.Endpoints[0])
+	for name, m := range map[string]*distlock.Manager{"opened by URL": byURL, "on a client": onClient} {
+		_, err := m.Acquire(ctxT(t, 2*time.Second), "k", 5*time.Second)
+		if !errors.Is(err, distlock.ErrUnavailable) || !strings.Contains(err.Error(), srv.Endpoints[0]) {
+			t.Fatalf("%s: Acquire with the server gone: %v, want ErrUnavailable naming %s", name, err, srv.Endpoints[0])
+		}
+		if _, err := m.Inspect(ctxT(t, 2*time.Second), "k"); !errors.Is(err, distlock.ErrUnavailable) || !strings.Contains(err.Error(), srv.Endpoints[0]) {
+			t.Fatalf("%s: Inspect with the server gone: %v, want ErrUnavailable naming %s", name, err, srv.Endpoints[0])
+		}
 	}
 }

@@ -507,7 +507,7 @@ func (b *Backend) wait(ctx context.Context, o *op) error {
 		return nil
 	}
 	o.abandoned = true
-	return ctx.Err()
+	return b.unavailable(fmt.Errorf("no answer before the context ended: %w", ctx.Err()))
 }
 
 // refresh resets the TTL of key held by token after checking, with a round

@@ -5,8 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/distlock/distlock"
 	"github.com/distlock/distlock/backends/postgres"
@@ -114,14 +117,67 @@ func TestUnavailableNamesServer(t *testing.T) {
 		t.Skip("cannot stop an external server")
 	}
 	h := newHarness(t, srv, "")
-	m := h.manager(t, distlock.WithRetry(distlock.NoRetry()))
+	byURL := h.manager(t, distlock.WithRetry(distlock.NoRetry()))
+	// On the user's pool the Manager knows no URL: the backend names the
+	// server itself.
+	pool, err := pgxpool.New(ctxT(t, 10*time.Second), srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	onPool := distlock.New(postgres.New(pool, postgres.WithNamespace(h.ns)), distlock.WithRetry(distlock.NoRetry()))
+	t.Cleanup(func() { onPool.Close() })
+	for i, m := range []*distlock.Manager{byURL, onPool} { // hold a session each
+		if _, err := m.Acquire(ctxT(t, 10*time.Second), fmt.Sprint("held-", i), time.Minute); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if err := srv.Stop(ctxT(t, 30*time.Second)); err != nil {
 		t.Fatal(err)
 	}
 	where := fmt.Sprintf("127.0.0.1:%d", srv.Port)
-	_, err := m.Acquire(ctxT(t, 10*time.Second), "k", time.Minute)
+	for name, m := range map[string]*distlock.Manager{"opened by URL": byURL, "on a pool": onPool} {
+		_, err := m.Acquire(ctxT(t, 10*time.Second), "k", time.Minute)
+		if !errors.Is(err, distlock.ErrUnavailable) || !strings.Contains(err.Error(), where) {
+			t.Fatalf("%s: Acquire with the server down: %v, want ErrUnavailable naming %s", name, err, where)
+		}
+		t.Logf("%s: %v", name, err)
+	}
+}
+
+// A holder session whose server stops answering times out (WithOpTimeout)
+// with ErrUnavailable naming the server.
+func TestTimeoutNamesServer(t *testing.T) {
+	srv := server(t)
+	ctx := ctxT(t, 30*time.Second)
+	pool, err := pgxpool.New(ctx, srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pool.Close)
+	ns := fmt.Sprintf("%s-%d", t.Name(), nsSeq.Add(1))
+	m := distlock.New(postgres.New(pool, postgres.WithNamespace(ns), postgres.WithSessions(1), postgres.WithOpTimeout(time.Second)))
+	t.Cleanup(func() { m.Close() })
+	tok, err := m.Acquire(ctx, "k", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := postgres.LockID(ns, "k")
+	var pid int
+	if err := pool.QueryRow(ctx, "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 AND classid::bigint = $1 AND objid::bigint = $2",
+		int64(uint64(id)>>32), int64(uint32(id))).Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	// Stop the holder session's server process: it accepts bytes and
+	// answers nothing, as a server behind a dead network path would.
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Skipf("cannot stop the server backend process %d: %v", pid, err)
+	}
+	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGCONT) })
+	where := fmt.Sprintf("127.0.0.1:%d", srv.Port)
+	err = m.Extend(ctx, "k", tok, time.Minute)
 	if !errors.Is(err, distlock.ErrUnavailable) || !strings.Contains(err.Error(), where) {
-		t.Fatalf("Acquire with the server down: %v, want ErrUnavailable naming %s", err, where)
+		t.Fatalf("Extend on a session that stopped answering: %v, want ErrUnavailable naming %s", err, where)
 	}
 	t.Logf("%v", err)
 }
