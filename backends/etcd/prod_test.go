@@ -77,3 +77,18 @@ func TestUnavailableNamesEndpoints(t *testing.T) {
 		}
 	}
 }
+
+// etcd's leases are whole seconds: a program that needs 100ms locks learns
+// it at Open, not from a lock that silently lives 1-2s.
+func TestRequireShortTTL(t *testing.T) {
+	srv := testserver.Etcd(t)
+	_, err := distlock.Open(ctxT(t, 10*time.Second), srv.URL, distlock.Require(distlock.MinTTLAtMost(100*time.Millisecond)))
+	if !errors.Is(err, distlock.ErrUnsupported) || !strings.Contains(err.Error(), "etcd") || !strings.Contains(err.Error(), "100ms") {
+		t.Fatalf("Open requiring 100ms TTLs: %v, want ErrUnsupported naming etcd and the bound", err)
+	}
+	m := open(t, srv, distlock.Require(distlock.Fencing(), distlock.CrossInstanceRelease(), distlock.MinTTLAtMost(2*time.Second)))
+	var lm distlock.LockManager = m
+	if c := lm.Capabilities(); c.Name != "etcd" || c.Granularity != time.Second {
+		t.Fatalf("Capabilities through LockManager: %+v", c)
+	}
+}

@@ -181,3 +181,19 @@ func TestTimeoutNamesServer(t *testing.T) {
 	}
 	t.Logf("%v", err)
 }
+
+// PostgreSQL cannot release another instance's lock: a program that needs
+// to learns it at Open.
+func TestRequireCrossInstanceRelease(t *testing.T) {
+	h := newHarness(t, server(t), "")
+	_, err := distlock.Open(ctxT(t, 10*time.Second), h.url(), distlock.Require(distlock.CrossInstanceRelease()))
+	if !errors.Is(err, distlock.ErrUnsupported) || !strings.Contains(err.Error(), "cross-instance release") || strings.Contains(err.Error(), "s3cr3t") {
+		t.Fatalf("Open requiring cross-instance release: %v, want ErrUnsupported saying so", err)
+	}
+	t.Logf("%v", err)
+	m, err := distlock.Open(ctxT(t, 10*time.Second), h.url(), distlock.Require(distlock.Fencing(), distlock.MinTTLAtMost(time.Millisecond)))
+	if err != nil {
+		t.Fatalf("Open requiring fencing and 1ms TTLs: %v", err)
+	}
+	m.Close()
+}
