@@ -104,6 +104,11 @@ func TryOnce() LockOption { return WithLockRetry(NoRetry()) }
 // closes and Err stays nil, as after any Release. From start+d on, Release
 // deletes the lock as usual. The lock is kept for d even when fn fails.
 //
+// The lock then lives on the server, not in the process — except on
+// PostgreSQL, whose advisory locks end with the holder's session: there a
+// process that exits, or closes its Manager, frees the lock at once, hold
+// or not. Keep that process running until the hold ends.
+//
 // d must be zero (no minimum) or positive, and at most MaxTTL; otherwise the
 // call fails with ErrInvalidArgument, sending nothing.
 func WithMinHold(d time.Duration) LockOption {
