@@ -127,3 +127,25 @@ type Transferer interface {
 	// way Release does (it is not a loss). from and to differ.
 	Transfer(ctx context.Context, key, from, to string, ttl time.Duration) (Grant, error)
 }
+
+// Inspector is implemented by backends that can look at a lock without
+// changing it: no TTL is reset, nothing is taken or released. The Manager
+// exposes it as Manager.Inspect (distlock status uses it).
+type Inspector interface {
+	// Inspect reports whether key is held and, where the backend knows,
+	// its remaining TTL and fence. It never changes the lock.
+	Inspect(ctx context.Context, key string) (LockInfo, error)
+}
+
+// LockInfo is what Inspect learns about a lock.
+type LockInfo struct {
+	// Held reports whether some token holds the key.
+	Held bool
+	// TTL is the time left before the lock expires unless extended; zero
+	// when the key is free or the backend cannot tell (PostgreSQL, for a
+	// lock held through another instance).
+	TTL time.Duration
+	// Fence is the fencing number of the current grant; zero when the key
+	// is free, the backend does not fence, or it cannot tell.
+	Fence uint64
+}

@@ -73,3 +73,65 @@ func ExampleManager_Lock() {
 	// fence > 0: true
 	// held
 }
+
+// A nightly job on several replicas runs once: the first replica to fire
+// takes the lock and keeps it for the minimum hold even though the job is
+// quick; a replica firing 200ms later skips it.
+func ExampleWithMinHold() {
+	ctx := context.Background()
+	replica1, _ := distlock.Open(ctx, "memory://example-run-once")
+	defer replica1.Close()
+	replica2, _ := distlock.Open(ctx, "memory://example-run-once")
+	defer replica2.Close()
+
+	job := func(name string) func(context.Context) error {
+		return func(context.Context) error { fmt.Println(name, "runs the nightly report"); return nil }
+	}
+	err := replica1.Do(ctx, "nightly-report", time.Minute, job("replica 1"),
+		distlock.WithMinHold(10*time.Minute), distlock.TryOnce())
+	fmt.Println("replica 1:", err)
+
+	// The second replica's schedule fires a little later.
+	err = replica2.Do(ctx, "nightly-report", time.Minute, job("replica 2"),
+		distlock.WithMinHold(10*time.Minute), distlock.TryOnce())
+	fmt.Println("replica 2 skipped:", errors.Is(err, distlock.ErrNotAcquired))
+	// Output:
+	// replica 1 runs the nightly report
+	// replica 1: <nil>
+	// replica 2 skipped: true
+}
+
+// Require makes Open refuse a backend that cannot keep a promise the
+// program relies on.
+func ExampleRequire() {
+	ctx := context.Background()
+	lm, err := distlock.Open(ctx, "memory://example-require",
+		distlock.Require(distlock.Fencing(), distlock.CrossInstanceRelease(), distlock.MinTTLAtMost(100*time.Millisecond)))
+	if err != nil {
+		panic(err) // errors.Is(err, distlock.ErrUnsupported) names what is missing
+	}
+	defer lm.Close()
+	fmt.Printf("%+v\n", lm.Capabilities())
+	// Output:
+	// {Name:memory Fencing:true CrossInstanceRelease:true MinTTL:1ms Granularity:0s}
+}
+
+func ExampleManager_Inspect() {
+	ctx := context.Background()
+	lm, _ := distlock.Open(ctx, "memory://example-inspect")
+	defer lm.Close()
+
+	l, _ := lm.Lock(ctx, "deploy", time.Minute)
+	info, err := lm.Inspect(ctx, "deploy") // changes nothing: no TTL reset
+	if errors.Is(err, distlock.ErrUnsupported) {
+		fmt.Println("this backend cannot inspect locks")
+		return
+	}
+	fmt.Println("held:", info.Held, "fence matches:", info.Fence == l.Fence(), "ttl ≤ 1m:", info.TTL <= time.Minute)
+	_ = l.Release(ctx)
+	info, _ = lm.Inspect(ctx, "deploy")
+	fmt.Println("held after release:", info.Held)
+	// Output:
+	// held: true fence matches: true ttl ≤ 1m: true
+	// held after release: false
+}

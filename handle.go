@@ -20,6 +20,7 @@ type Lock struct {
 	fence uint64
 
 	releasing atomic.Bool
+	minHold   minHold // WithMinHold
 
 	mu      sync.Mutex
 	ttl     time.Duration
@@ -79,9 +80,15 @@ func (l *Lock) Extend(ctx context.Context, ttl time.Duration) error {
 }
 
 // Release frees the lock. If it was not held any more Release returns
-// ErrNotHeld (and the handle reports the loss).
+// ErrNotHeld (and the handle reports the loss). For a handle made
+// WithMinHold, Release before the minimum hold has passed does not delete
+// the lock: it stops renewal and leaves the lock to expire at the end of
+// the hold (see WithMinHold); Done closes all the same.
 func (l *Lock) Release(ctx context.Context) error {
 	l.releasing.Store(true) // a renewal racing with this release must not report a loss
+	if kept, err := l.keep(ctx); kept {
+		return err
+	}
 	err := l.m.Release(ctx, l.key, l.token)
 	switch {
 	case err == nil:
@@ -102,6 +109,9 @@ func (m *Manager) Lock(ctx context.Context, key string, ttl time.Duration, opts 
 			o(&cfg)
 		}
 	}
+	if err := checkMinHold(cfg); err != nil {
+		return nil, &Error{Op: "acquire", Key: key, Kind: ErrInvalidArgument, Err: err}
+	}
 	ctx, oc := m.obs.begin(ctx, spanLock, key)
 	token, g, t0, err := m.acquire(ctx, key, ttl, cfg.token, cfg.hasToken, cfg.retry, oc)
 	oc.acquired(ctx, "lock", g, t0, err)
@@ -109,6 +119,9 @@ func (m *Manager) Lock(ctx context.Context, key string, ttl time.Duration, opts 
 		return nil, err
 	}
 	l := &Lock{m: m, key: key, token: token, fence: g.Fence, ttl: g.TTL, expiry: t0.Add(g.valid()), done: make(chan struct{})}
+	if cfg.minHold > 0 {
+		l.minHold.until = t0.Add(cfg.minHold)
+	}
 
 	m.mu.Lock()
 	if m.closed.Load() { // Close ran while we acquired: do not leave goroutines behind
@@ -206,9 +219,10 @@ func (l *Lock) renew() {
 		case <-t.C:
 		}
 		ttl = l.currentTTL()
-		ctx, cancel := context.WithDeadline(context.Background(), l.Expiry())
-		g, t0, err := l.m.extend(ctx, "renew", l.key, l.token, ttl)
-		cancel()
+		g, t0, kept, err := l.renewOnce(ttl)
+		if kept {
+			return
+		}
 		l.m.obs.renewed(l, err)
 		switch {
 		case err == nil:

@@ -56,10 +56,17 @@ type LockManager interface {
 	Lock(ctx context.Context, key string, ttl time.Duration, opts ...LockOption) (*Lock, error)
 
 	// Do acquires key, runs fn while the lock is held, renewing it
-	// automatically, and releases it when fn returns. fn's context is
+	// automatically, and releases it when fn returns (with WithMinHold,
+	// not before the minimum hold has passed: see there). fn's context is
 	// cancelled the moment the lock is lost; Do then returns an error
 	// matching ErrLockLost.
 	Do(ctx context.Context, key string, ttl time.Duration, fn func(ctx context.Context) error, opts ...LockOption) error
+
+	// Capabilities reports what the backend supports: fencing,
+	// cross-instance release, its minimum TTL and granularity. Code that
+	// depends on one of them can check it here, or have Open refuse a
+	// backend without it (Require).
+	Capabilities() Capabilities
 
 	// Close stops auto-renewal, closes the backend and makes every later
 	// call return ErrClosed. Held locks are not released explicitly: they
@@ -89,7 +96,27 @@ var (
 	// ErrLockLost: a held lock was lost (expired without renewal, taken
 	// away, or the backend dropped it). Reported by Lock.Err and Do.
 	ErrLockLost = errors.New("lock lost")
+	// ErrUnsupported: the backend cannot do what was asked — Inspect on a
+	// backend that is no Inspector, or Open with a Require the backend's
+	// Capabilities do not meet. It also matches errors.ErrUnsupported.
+	ErrUnsupported = fmt.Errorf("not supported by the backend (%w)", errors.ErrUnsupported)
+	// ErrNotOwnerInstance refines ErrNotHeld (an error matching it matches
+	// ErrNotHeld too): Release or Extend reached a backend without
+	// cross-instance release (Capabilities.CrossInstanceRelease is false,
+	// as with PostgreSQL advisory locks) while the lock is held through
+	// another instance — another Manager or process. Whatever the token,
+	// only the instance that acquired the lock can release or extend it; it
+	// is otherwise freed when its TTL passes. A wrong token on the instance
+	// that holds the lock, or a lock nobody holds, gives plain ErrNotHeld.
+	ErrNotOwnerInstance error = notOwnerInstance{}
 )
+
+type notOwnerInstance struct{}
+
+func (notOwnerInstance) Error() string {
+	return "not held by this instance: the lock is held through another instance (Manager or process), and this backend lets only that instance release or extend it"
+}
+func (notOwnerInstance) Is(target error) bool { return target == ErrNotHeld }
 
 // Error is the error type every Manager method returns. Kind is one of the
 // sentinel errors (nil for a bare context error on Release or Extend) and

@@ -23,6 +23,8 @@ type Manager struct {
 	transferer Transferer
 	cfg        managerConfig
 	obs        *observer // logs, metrics, traces: observe.go
+	unmet      error  // why the backend fails Require, if it does
+	where      string // scheme://host when opened by URL, for errors
 
 	qmu     sync.Mutex
 	queues  map[string]*keyQueue // goroutines waiting for a key, see handoff.go
@@ -58,6 +60,9 @@ func New(b Backend, opts ...Option) *Manager {
 		}
 	}
 	m.obs = newObserver(m, m.cfg.obs)
+	if len(m.cfg.require) > 0 {
+		m.unmet = m.caps.Satisfies(m.cfg.require...)
+	}
 	return m
 }
 
@@ -86,6 +91,12 @@ func (m *Manager) acquire(ctx context.Context, key string, ttl time.Duration, to
 	const op = "acquire"
 	if m.closed.Load() {
 		return "", Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: ErrClosed}
+	}
+	if m.unmet != nil {
+		return "", Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: ErrUnsupported, Err: m.unmet}
+	}
+	if err := checkRetry(retry); err != nil {
+		return "", Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: ErrInvalidArgument, Err: err}
 	}
 	if err := checkKey(key); err != nil {
 		return "", Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: ErrInvalidArgument, Err: err}
@@ -128,11 +139,14 @@ func (m *Manager) acquire(ctx context.Context, key string, ttl time.Duration, to
 			_ = m.release(rctx, key, token)
 			cancel()
 		}
+		if kind == ErrUnavailable {
+			c = m.annotate(c)
+		}
 		return "", Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: kind, Err: c}
 	}
 	ctxEnded := func(err, kind, cerr error) (string, Grant, time.Time, error) {
 		if held {
-			return fail(ErrNotAcquired, cerr)
+			return fail(ErrNotAcquired, waitEnded(time.Since(start), cerr))
 		}
 		return fail(ErrUnavailable, joinCtx(cause(err, kind), cerr))
 	}
@@ -184,8 +198,12 @@ func (m *Manager) acquire(ctx context.Context, key string, ttl time.Duration, to
 		}
 		d, ok := retry.NextBackoff(attempt, time.Since(start))
 		if !ok {
+			if kind == ErrNotAcquired {
+				return fail(kind, gaveUp(attempt, time.Since(start)))
+			}
 			return fail(kind, cause(err, kind))
 		}
+		d = max(d, MinRetryDelay)
 		if kind == ErrNotAcquired && w == nil {
 			w = m.enqueue(key, token, ttl)
 			head = m.isHead(w)
@@ -303,6 +321,9 @@ func (m *Manager) precheck(ctx context.Context, op, key, token string) error {
 	if m.closed.Load() {
 		return &Error{Op: op, Key: key, Kind: ErrClosed}
 	}
+	if m.unmet != nil {
+		return &Error{Op: op, Key: key, Kind: ErrUnsupported, Err: m.unmet}
+	}
 	if err := checkKey(key); err != nil {
 		return &Error{Op: op, Key: key, Kind: ErrInvalidArgument, Err: err}
 	}
@@ -322,6 +343,9 @@ func (m *Manager) wrap(ctx context.Context, op, key string, err error) error {
 	}
 	kind := classify(err)
 	c := cause(err, kind)
+	if kind == ErrUnavailable {
+		c = m.annotate(c)
+	}
 	if cerr := ctx.Err(); cerr != nil && kind != ErrNotHeld {
 		c = joinCtx(c, cerr)
 	}
@@ -394,7 +418,7 @@ func checkToken(token string) error {
 	return nil
 }
 
-var kinds = [...]error{ErrNotAcquired, ErrNotHeld, ErrUnavailable, ErrInvalidArgument, ErrClosed, ErrLockLost}
+var kinds = [...]error{ErrNotAcquired, ErrNotHeld, ErrUnavailable, ErrInvalidArgument, ErrClosed, ErrLockLost, ErrUnsupported}
 
 // classify maps a backend error to its sentinel; unknown errors count as
 // ErrUnavailable.

@@ -53,12 +53,38 @@ func Schemes() []string {
 // The scheme picks the backend (memory://, redis://, etcd://, postgres://,
 // …); each backend package documents its URL. Passwords in the URL never
 // appear in the errors Open returns.
+//
+// Open fails with an error matching ErrUnsupported when the backend does
+// not meet a Require option, and with ErrInvalidArgument for an invalid
+// retry strategy (LinearBackoff(0), say). Backends bound the time Open
+// takes by their URL's connect timeout (5s unless the URL says otherwise;
+// see each backend's documentation), even when ctx has no deadline.
 func Open(ctx context.Context, rawURL string, opts ...Option) (*Manager, error) {
 	b, err := OpenBackend(ctx, rawURL)
 	if err != nil {
 		return nil, err
 	}
-	return New(b, opts...), nil
+	m := New(b, opts...)
+	if u, err := url.Parse(rawURL); err == nil && u.Host != "" {
+		m.where = strings.ToLower(u.Scheme) + "://" + u.Host // no user, no password
+	}
+	if err := open(m); err != nil {
+		_ = m.Close()
+		return nil, err
+	}
+	return m, nil
+}
+
+// open checks the options given to Open: requirements (Require) and the
+// retry strategy.
+func open(m *Manager) error {
+	if m.unmet != nil {
+		return &Error{Op: "open " + m.where, Kind: ErrUnsupported, Err: m.unmet}
+	}
+	if err := checkRetry(m.cfg.retry); err != nil {
+		return &Error{Op: "open " + m.where, Kind: ErrInvalidArgument, Err: fmt.Errorf("WithRetry: %w", err)}
+	}
+	return nil
 }
 
 // OpenBackend opens the Backend named by rawURL without wrapping it in a

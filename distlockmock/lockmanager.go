@@ -86,6 +86,44 @@ func (c *MockLockManagerAcquireCall) DoAndReturn(f func(context.Context, string,
 	return c
 }
 
+// Capabilities mocks base method.
+func (m *MockLockManager) Capabilities() distlock.Capabilities {
+	m.ctrl.T.Helper()
+	ret := m.ctrl.Call(m, "Capabilities")
+	ret0, _ := ret[0].(distlock.Capabilities)
+	return ret0
+}
+
+// Capabilities indicates an expected call of Capabilities.
+func (mr *MockLockManagerMockRecorder) Capabilities() *MockLockManagerCapabilitiesCall {
+	mr.mock.ctrl.T.Helper()
+	call := mr.mock.ctrl.RecordCallWithMethodType(mr.mock, "Capabilities", reflect.TypeOf((*MockLockManager)(nil).Capabilities))
+	return &MockLockManagerCapabilitiesCall{Call: call}
+}
+
+// MockLockManagerCapabilitiesCall wrap *gomock.Call
+type MockLockManagerCapabilitiesCall struct {
+	*gomock.Call
+}
+
+// Return rewrite *gomock.Call.Return
+func (c *MockLockManagerCapabilitiesCall) Return(arg0 distlock.Capabilities) *MockLockManagerCapabilitiesCall {
+	c.Call = c.Call.Return(arg0)
+	return c
+}
+
+// Do rewrite *gomock.Call.Do
+func (c *MockLockManagerCapabilitiesCall) Do(f func() distlock.Capabilities) *MockLockManagerCapabilitiesCall {
+	c.Call = c.Call.Do(f)
+	return c
+}
+
+// DoAndReturn rewrite *gomock.Call.DoAndReturn
+func (c *MockLockManagerCapabilitiesCall) DoAndReturn(f func() distlock.Capabilities) *MockLockManagerCapabilitiesCall {
+	c.Call = c.Call.DoAndReturn(f)
+	return c
+}
+
 // Close mocks base method.
 func (m *MockLockManager) Close() error {
 	m.ctrl.T.Helper()

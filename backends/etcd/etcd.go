@@ -15,9 +15,10 @@
 //	etcd://[user:password@]host[:port][,host[:port]…][?options]   plain gRPC
 //	etcds://[user:password@]host[:port][,host[:port]…][?options]  TLS
 //
-// Options: prefix (key prefix, default "distlock/"), dial_timeout and
-// request_timeout (Go durations), ca, cert, key (PEM files for etcds://),
-// server_name (TLS server name). The port defaults to 2379.
+// Options: prefix (key prefix, default "distlock/"), dial_timeout (bounds
+// all of Open, default DefaultConnectTimeout = 5s) and request_timeout (Go
+// durations), ca, cert, key (PEM files for etcds://), server_name (TLS
+// server name). The port defaults to 2379.
 //
 // Leases are whole seconds and the server grants at least its minimum (2s
 // with etcd's default timing, 1s with a 100ms election timeout); the
@@ -37,6 +38,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -228,9 +230,10 @@ func ceilSecond(d time.Duration) time.Duration {
 	return time.Duration(seconds(d)) * time.Second
 }
 
-// unavailable classifies an etcd or transport failure.
-func unavailable(op string, err error) error {
-	return distlock.Unavailable(fmt.Errorf("etcd %s: %w", op, err))
+// unavailable classifies an etcd or transport failure, naming the
+// endpoints (never credentials) and what failed.
+func (b *Backend) unavailable(op string, err error) error {
+	return distlock.Unavailable(fmt.Errorf("etcd %s: %s: %w", strings.Join(b.cli.Endpoints(), ","), op, err))
 }
 
 // Acquire implements distlock.Backend: a lease (a spare one of ours when
@@ -250,7 +253,7 @@ func (b *Backend) Acquire(ctx context.Context, key, token string, ttl time.Durat
 	// decides what this call is (with the Manager, the first of its
 	// waiters may try just as the key is handed to it).
 	if err := b.awaitTransfer(ctx, k, token); err != nil {
-		return distlock.Grant{}, unavailable("acquire", err)
+		return distlock.Grant{}, b.unavailable("acquire", err)
 	}
 	if g, ok, err := b.reacquireKnown(ctx, k, token, secs, start); err != nil || ok {
 		return g, err
@@ -262,7 +265,7 @@ func (b *Backend) Acquire(ctx context.Context, key, token string, ttl time.Durat
 	case admitJoin, admitLine:
 		ok, err := b.readLine(ctx, k, token, a == admitJoin)
 		if err != nil {
-			return distlock.Grant{}, unavailable("line", err)
+			return distlock.Grant{}, b.unavailable("line", err)
 		}
 		if !ok {
 			return distlock.Grant{}, distlock.ErrNotAcquired
@@ -270,7 +273,7 @@ func (b *Backend) Acquire(ctx context.Context, key, token string, ttl time.Durat
 	case admitPeek:
 		ok, err := b.peek(ctx, k, token)
 		if err != nil {
-			return distlock.Grant{}, unavailable("get", err)
+			return distlock.Grant{}, b.unavailable("get", err)
 		}
 		if !ok {
 			return distlock.Grant{}, distlock.ErrNotAcquired
@@ -281,7 +284,7 @@ func (b *Backend) Acquire(ctx context.Context, key, token string, ttl time.Durat
 		// linearizable read does not.
 		resp, err := b.cli.Get(ctx, k)
 		if err != nil {
-			return distlock.Grant{}, unavailable("get", err)
+			return distlock.Grant{}, b.unavailable("get", err)
 		}
 		if len(resp.Kvs) > 0 && tokenOf(resp.Kvs[0].Value) != token {
 			return distlock.Grant{}, distlock.ErrNotAcquired
@@ -322,7 +325,7 @@ func (b *Backend) Acquire(ctx context.Context, key, token string, ttl time.Durat
 			}
 			// Ambiguous: the put may have happened. Leave the lease to
 			// expire with whatever it holds.
-			return distlock.Grant{}, unavailable("txn", err)
+			return distlock.Grant{}, b.unavailable("txn", err)
 		}
 		var cur held
 		var prevLease clientv3.LeaseID
@@ -348,7 +351,7 @@ func (b *Backend) Acquire(ctx context.Context, key, token string, ttl time.Durat
 			}
 			prev := inner.Responses[0].GetResponsePut().GetPrevKv()
 			if prev == nil {
-				return distlock.Grant{}, unavailable("txn", errors.New("re-acquire without previous key"))
+				return distlock.Grant{}, b.unavailable("txn", errors.New("re-acquire without previous key"))
 			}
 			cur, prevLease = heldBy(prev), clientv3.LeaseID(prev.Lease)
 		}
@@ -364,7 +367,7 @@ func (b *Backend) Acquire(ctx context.Context, key, token string, ttl time.Durat
 						Then(clientv3.OpDelete(k)).Commit()
 					ucancel()
 				}
-				return distlock.Grant{}, unavailable("lease keep-alive", r.err)
+				return distlock.Grant{}, b.unavailable("lease keep-alive", r.err)
 			}
 			l.ttl, l.fresh = r.ttl, r.at
 		}
@@ -389,7 +392,7 @@ func (b *Backend) lease(ctx context.Context, secs int64) (spareLease, bool, erro
 	t := time.Now()
 	resp, err := b.cli.Grant(ctx, secs)
 	if err != nil {
-		return spareLease{}, false, unavailable("lease grant", err)
+		return spareLease{}, false, b.unavailable("lease grant", err)
 	}
 	return spareLease{id: resp.ID, ttl: resp.TTL, fresh: t}, false, nil
 }
@@ -476,7 +479,7 @@ func (b *Backend) Extend(ctx context.Context, key, token string, ttl time.Durati
 	secs := seconds(ttl)
 	resp, err := b.cli.Get(ctx, k)
 	if err != nil {
-		return distlock.Grant{}, unavailable("get", err)
+		return distlock.Grant{}, b.unavailable("get", err)
 	}
 	if len(resp.Kvs) == 0 {
 		return distlock.Grant{}, distlock.ErrNotHeld
@@ -494,7 +497,7 @@ func (b *Backend) Extend(ctx context.Context, key, token string, ttl time.Durati
 		case errors.Is(err, rpctypes.ErrLeaseNotFound):
 			return distlock.Grant{}, distlock.ErrNotHeld // expired or revoked: the key went with it
 		case err != nil:
-			return distlock.Grant{}, unavailable("lease keep-alive", err)
+			return distlock.Grant{}, b.unavailable("lease keep-alive", err)
 		}
 		b.refreshed(k, old, t)
 		if ttl >= secs {
@@ -512,7 +515,7 @@ func (b *Backend) Extend(ctx context.Context, key, token string, ttl time.Durati
 			clientv3.Compare(clientv3.LeaseValue(k), "=", old)).
 		Then(clientv3.OpPut(k, cur.value, clientv3.WithLease(l.id))).Commit()
 	if err != nil {
-		return distlock.Grant{}, unavailable("txn", err)
+		return distlock.Grant{}, b.unavailable("txn", err)
 	}
 	if !tr.Succeeded {
 		b.putSpare(secs, l)
@@ -522,7 +525,7 @@ func (b *Backend) Extend(ctx context.Context, key, token string, ttl time.Durati
 		t := time.Now()
 		ttl, err := b.renew(ctx, l.id)
 		if err != nil {
-			return distlock.Grant{}, unavailable("lease keep-alive", err)
+			return distlock.Grant{}, b.unavailable("lease keep-alive", err)
 		}
 		l.ttl, l.fresh = ttl, t
 	}
@@ -563,7 +566,7 @@ func (b *Backend) Release(ctx context.Context, key, token string) error {
 			b.mu.Unlock()
 		}
 		if err != nil {
-			return unavailable("txn", err)
+			return b.unavailable("txn", err)
 		}
 		return distlock.ErrNotHeld
 	}

@@ -22,43 +22,47 @@ func init() {
 	distlock.Register("etcds", Open)
 }
 
-// defaultOpenTimeout bounds Open's first request when ctx has no deadline.
-const defaultOpenTimeout = 10 * time.Second
+// DefaultConnectTimeout bounds Open when the URL has no dial_timeout: the
+// connection and the first request must succeed within it, whatever the
+// caller's ctx (an earlier ctx deadline still applies).
+const DefaultConnectTimeout = 5 * time.Second
 
 // Open opens a backend from an etcd:// or etcds:// URL (see the package
 // documentation) with a client of its own, which Close closes. It checks
 // the cluster answers — and learns the server's minimum lease TTL — by
-// granting and revoking a one-second lease, within ctx (or 10s when ctx has
-// no deadline). Errors never contain the password.
+// granting and revoking a one-second lease. All of it is bounded by the
+// URL's dial_timeout (DefaultConnectTimeout, 5s, when absent) and by ctx,
+// whichever ends first: an endpoint that is down, or that speaks another
+// protocol than etcd's gRPC, gives ErrUnavailable naming the endpoints
+// within that time. Errors never contain the password.
 func Open(ctx context.Context, u *url.URL) (distlock.Backend, error) {
 	cfg, opts, err := parseURL(u)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", distlock.ErrInvalidArgument, err)
 	}
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, defaultOpenTimeout)
-		defer cancel()
+	timeout, set := cfg.DialTimeout, "dial_timeout"
+	if timeout == 0 {
+		timeout, set = DefaultConnectTimeout, "the default dial_timeout"
 	}
-	if cfg.DialTimeout == 0 {
-		dl, _ := ctx.Deadline()
-		cfg.DialTimeout = max(time.Until(dl), time.Millisecond)
-	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	dl, _ := ctx.Deadline()
+	cfg.DialTimeout = max(time.Until(dl), time.Millisecond)
 	eps := strings.Join(cfg.Endpoints, ",")
+	fail := func(step string, err error) error {
+		if ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) {
+			err = fmt.Errorf("no answer from etcd within %v (%s; a ctx deadline may end it sooner): check the endpoints are reachable and serve etcd v3's gRPC API (etcd:// expects gRPC over HTTP/2, etcds:// the same over TLS): %w", timeout, set, err)
+		}
+		return distlock.Unavailable(fmt.Errorf("etcd %s: %s%s: %w", eps, step, asUser(cfg), err))
+	}
 	cli, err := clientv3.New(cfg)
 	if err != nil {
-		if ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) {
-			err = fmt.Errorf("no answer in time (check the endpoints are reachable and serve etcd's gRPC API): %w", err)
-		}
-		return nil, distlock.Unavailable(fmt.Errorf("etcd %s: connect%s: %w", eps, asUser(cfg), err))
+		return nil, fail("connect", err)
 	}
 	minTTL, err := DetectMinTTL(ctx, cli)
 	if err != nil {
 		cli.Close()
-		if ctx.Err() != nil {
-			err = fmt.Errorf("no answer in time (check the endpoints are reachable and serve etcd's gRPC API): %w", err)
-		}
-		return nil, distlock.Unavailable(fmt.Errorf("etcd %s%s: %w", eps, asUser(cfg), err))
+		return nil, fail("first request (lease grant)", err)
 	}
 	b := New(cli, append(opts, WithMinTTL(minTTL))...)
 	b.ownClient = true

@@ -142,7 +142,7 @@ func (b *Backend) Transfer(ctx context.Context, key, from, to string, ttl time.D
 	if mine == nil {
 		resp, err := b.cli.Get(ctx, k)
 		if err != nil {
-			return distlock.Grant{}, unavailable("get", err)
+			return distlock.Grant{}, b.unavailable("get", err)
 		}
 		if len(resp.Kvs) == 0 {
 			return distlock.Grant{}, distlock.ErrNotHeld
@@ -191,7 +191,7 @@ func (b *Backend) Transfer(ctx context.Context, key, from, to string, ttl time.D
 			if !reuse && refresh && try == 0 && errors.Is(err, rpctypes.ErrLeaseNotFound) {
 				continue // the spare lease is gone after all: take a new one
 			}
-			return distlock.Grant{}, unavailable("txn", err)
+			return distlock.Grant{}, b.unavailable("txn", err)
 		}
 		if !resp.Succeeded {
 			b.releasing(k, from, -1)
@@ -209,7 +209,7 @@ func (b *Backend) Transfer(ctx context.Context, key, from, to string, ttl time.D
 				return distlock.Grant{}, distlock.ErrNotHeld
 			}
 			if try >= 2 {
-				return distlock.Grant{}, unavailable("txn", errors.New("the holder's grant keeps changing"))
+				return distlock.Grant{}, b.unavailable("txn", errors.New("the holder's grant keeps changing"))
 			}
 			continue
 		}
@@ -230,7 +230,7 @@ func (b *Backend) Transfer(ctx context.Context, key, from, to string, ttl time.D
 				if uerr == nil && ur.Succeeded {
 					b.released(k, to, clientv3.NoLease, ur.Header.Revision)
 				}
-				return distlock.Grant{}, unavailable("lease keep-alive", r.err)
+				return distlock.Grant{}, b.unavailable("lease keep-alive", r.err)
 			}
 			g.ttl, g.fresh = r.ttl, r.at
 		}
@@ -332,7 +332,7 @@ func (b *Backend) reacquireKnown(ctx context.Context, k, token string, secs int6
 	}
 	resp, err := b.cli.Get(ctx, k)
 	if err != nil {
-		return distlock.Grant{}, false, unavailable("get", err)
+		return distlock.Grant{}, false, b.unavailable("get", err)
 	}
 	if len(resp.Kvs) == 0 {
 		return distlock.Grant{}, false, nil
@@ -347,7 +347,7 @@ func (b *Backend) reacquireKnown(ctx context.Context, k, token string, secs int6
 	case errors.Is(err, rpctypes.ErrLeaseNotFound):
 		return distlock.Grant{}, false, nil // expired just now: the key went with it
 	case err != nil:
-		return distlock.Grant{}, false, unavailable("lease keep-alive", err)
+		return distlock.Grant{}, false, b.unavailable("lease keep-alive", err)
 	}
 	b.refreshed(k, g.lease, t)
 	b.mu.Lock()

@@ -180,6 +180,7 @@ var (
 	_ distlock.ReleaseNotifier = (*backend)(nil)
 	_ distlock.LossWatcher     = (*backend)(nil)
 	_ distlock.Transferer      = (*backend)(nil)
+	_ distlock.Inspector       = (*backend)(nil)
 )
 
 func (b *backend) Acquire(ctx context.Context, key, token string, ttl time.Duration) (distlock.Grant, error) {
@@ -242,6 +243,23 @@ func (b *backend) Transfer(ctx context.Context, key, from, to string, ttl time.D
 	s.fence++
 	s.locks[key] = &entry{token: to, expiry: now.Add(ttl), fence: s.fence}
 	return distlock.Grant{TTL: ttl, Fence: s.fence}, nil
+}
+
+// Inspect implements distlock.Inspector: it reads the entry, changing
+// nothing (an expired entry is dropped, as any call would).
+func (b *backend) Inspect(ctx context.Context, key string) (distlock.LockInfo, error) {
+	s := b.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.enter(); err != nil {
+		return distlock.LockInfo{}, err
+	}
+	now := time.Now()
+	e := s.live(key, now)
+	if e == nil {
+		return distlock.LockInfo{}, nil
+	}
+	return distlock.LockInfo{Held: true, TTL: e.expiry.Sub(now), Fence: e.fence}, nil
 }
 
 func (b *backend) Capabilities() distlock.Capabilities {

@@ -62,7 +62,16 @@
 // Not supported (Capabilities.CrossInstanceRelease is false): only the
 // session that holds an advisory lock can unlock it, and another process
 // can only end the whole session, which would drop unrelated locks. Release
-// or Extend with the right token through another Manager returns ErrNotHeld.
+// or Extend through another Manager, when another session holds the key,
+// returns distlock.ErrNotOwnerInstance (which also matches ErrNotHeld),
+// saying so; a wrong token on the holding Manager, or a key nobody holds,
+// is plain ErrNotHeld.
+//
+// # Inspect
+//
+// Backend implements distlock.Inspector: a lock held through this Backend
+// is answered from memory (held, TTL, fence); any other key with one
+// read-only query of pg_locks, which tells only whether it is held.
 //
 // # Poolers and standbys
 //
@@ -91,8 +100,10 @@
 //	distlock_migrate=false     see WithoutAutoMigrate
 //	distlock_allow_pooler=true see WithAllowPooler
 //
-// A Backend opened from a URL owns its pool (sized to its sessions) and
-// closes it on Close.
+// connect_timeout (or PGCONNECT_TIMEOUT) bounds each connection and all
+// of Open; when neither is set it is DefaultConnectTimeout (5s), whatever
+// Open's context. A Backend opened from a URL owns its pool (sized to its
+// sessions) and closes it on Close.
 package postgres
 
 import (
@@ -103,6 +114,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -131,6 +143,10 @@ const (
 	DefaultSequence = "distlock_fence"
 	// DefaultOpTimeout bounds one round trip on a holder session.
 	DefaultOpTimeout = 30 * time.Second
+	// DefaultConnectTimeout bounds each connection attempt, and Open as a
+	// whole, when the URL has no connect_timeout (and PGCONNECT_TIMEOUT is
+	// not set).
+	DefaultConnectTimeout = 5 * time.Second
 )
 
 // MinIdleTimeout is the shortest idle bound accepted.
@@ -298,6 +314,7 @@ type Backend struct {
 	cancel context.CancelFunc
 
 	lockID func(key string) int64 // LockID in the namespace; tests replace it
+	where  string                 // host:port of the server, for errors
 
 	closeOnce sync.Once
 	wg        sync.WaitGroup
@@ -307,6 +324,7 @@ var (
 	_ distlock.Backend         = (*Backend)(nil)
 	_ distlock.ReleaseNotifier = (*Backend)(nil)
 	_ distlock.LossWatcher     = (*Backend)(nil)
+	_ distlock.Inspector       = (*Backend)(nil)
 )
 
 // held is a lock this Backend holds (or is acquiring: pending).
@@ -348,6 +366,9 @@ func New(pool *pgxpool.Pool, opts ...Option) *Backend {
 	}
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	b.lockID = func(key string) int64 { return LockID(cfg.namespace, key) }
+	if pc := pool.Config().ConnConfig; pc != nil {
+		b.where = net.JoinHostPort(pc.Host, strconv.Itoa(int(pc.Port)))
+	}
 	b.sessions = make([]*session, cfg.sessions)
 	for i := range b.sessions {
 		s := newSession(b, i)
@@ -463,7 +484,7 @@ func (b *Backend) Acquire(ctx context.Context, key, token string, ttl time.Durat
 		return distlock.Grant{}, err
 	}
 	if o.err != nil {
-		return distlock.Grant{}, distlock.Unavailable(o.err)
+		return distlock.Grant{}, b.unavailable(o.err)
 	}
 	if !o.ok {
 		return distlock.Grant{}, distlock.ErrNotAcquired
@@ -486,7 +507,7 @@ func (b *Backend) wait(ctx context.Context, o *op) error {
 		return nil
 	}
 	o.abandoned = true
-	return ctx.Err()
+	return b.unavailable(fmt.Errorf("no answer before the context ended: %w", ctx.Err()))
 }
 
 // refresh resets the TTL of key held by token after checking, with a round
@@ -498,7 +519,7 @@ func (b *Backend) refresh(ctx context.Context, key, token string, ttl time.Durat
 	if h == nil || h.pending || h.token != token {
 		b.mu.Unlock()
 		if notHeld == distlock.ErrNotHeld {
-			return distlock.Grant{}, b.deadCheck(ctx, key, token)
+			return distlock.Grant{}, b.deadCheck(ctx, key, token, h != nil)
 		}
 		return distlock.Grant{}, notHeld
 	}
@@ -509,7 +530,7 @@ func (b *Backend) refresh(ctx context.Context, key, token string, ttl time.Durat
 		return distlock.Grant{}, err
 	}
 	if o.err != nil {
-		return distlock.Grant{}, distlock.Unavailable(o.err)
+		return distlock.Grant{}, b.unavailable(o.err)
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -541,7 +562,7 @@ func (b *Backend) Release(ctx context.Context, key, token string) error {
 	h := b.liveLocked(key, time.Now())
 	if h == nil || h.pending || h.token != token {
 		b.mu.Unlock()
-		return b.deadCheck(ctx, key, token)
+		return b.deadCheck(ctx, key, token, h != nil)
 	}
 	o := &op{kind: opUnlock, id: h.id, done: make(chan struct{})}
 	// Queue the unlock first: a local waiter woken by dropLocked queues
@@ -554,7 +575,7 @@ func (b *Backend) Release(ctx context.Context, key, token string) error {
 		return err
 	}
 	if o.err != nil {
-		return distlock.Unavailable(o.err)
+		return b.unavailable(o.err)
 	}
 	if !o.ok { // the session was replaced: the lock had been lost
 		return distlock.ErrNotHeld
@@ -590,14 +611,20 @@ func (b *Backend) forgetDeadLocked(key string) {
 }
 
 // deadCheck answers a Release or Extend by token of a key this Backend does
-// not hold. If token held it until its session was lost, the answer is
-// ErrNotHeld only once the server answers again; otherwise ErrNotHeld.
-func (b *Backend) deadCheck(ctx context.Context, key, token string) error {
+// not hold (local: it holds it for another token). If token held it until
+// its session was lost, the answer is ErrNotHeld only once the server
+// answers again. A key held here for another token is ErrNotHeld; a key
+// this Backend knows nothing of is ErrNotOwnerInstance when another
+// session holds it (see notOwner), else ErrNotHeld.
+func (b *Backend) deadCheck(ctx context.Context, key, token string, local bool) error {
 	b.mu.Lock()
 	d := b.dead[key]
 	if d == nil || d.token != token {
 		b.mu.Unlock()
-		return distlock.ErrNotHeld
+		if local {
+			return distlock.ErrNotHeld
+		}
+		return b.notOwner(ctx, key)
 	}
 	o := &op{kind: opPing, done: make(chan struct{})}
 	d.s.enqueueLocked(o)
@@ -606,7 +633,7 @@ func (b *Backend) deadCheck(ctx context.Context, key, token string) error {
 		return err
 	}
 	if o.err != nil {
-		return distlock.Unavailable(o.err)
+		return b.unavailable(o.err)
 	}
 	b.mu.Lock()
 	if b.dead[key] == d {
@@ -751,14 +778,28 @@ func openURL(ctx context.Context, u *url.URL) (distlock.Backend, error) {
 	}
 	pc.MaxConns = int32(cfg.sessions)
 	pc.MinConns = 0
+	timeout := pc.ConnConfig.ConnectTimeout
+	if !q.Has("connect_timeout") && os.Getenv("PGCONNECT_TIMEOUT") == "" {
+		timeout = DefaultConnectTimeout
+		pc.ConnConfig.ConnectTimeout = timeout
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {
 		return nil, fmt.Errorf("%w: postgres: %v", distlock.ErrInvalidArgument, err)
 	}
 	b := New(pool, opts...)
 	b.ownPool = true
-	if err := b.check(ctx); err != nil {
+	cctx := ctx
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		cctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	if err := b.check(cctx); err != nil {
 		b.Close()
+		if cctx.Err() != nil && ctx.Err() == nil {
+			err = distlock.Unavailable(fmt.Errorf("no answer as PostgreSQL within the connect timeout of %v (wrong host or port? a server that is not PostgreSQL may say nothing; on a slow network raise connect_timeout= in the URL): %w", timeout, err))
+		}
 		return nil, err
 	}
 	return b, nil
@@ -769,7 +810,7 @@ func openURL(ctx context.Context, u *url.URL) (distlock.Backend, error) {
 func (b *Backend) check(ctx context.Context) error {
 	c, err := b.pool.Acquire(ctx)
 	if err != nil {
-		return distlock.Unavailable(describeConnError(err))
+		return b.unavailable(describeConnError(err))
 	}
 	defer c.Release()
 	if _, err := b.setup(ctx, c.Conn()); err != nil {
@@ -848,7 +889,7 @@ func describeConnError(err error) error {
 		return fmt.Errorf("postgres: cannot reach server: %w", err)
 	}
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-		return err
+		return fmt.Errorf("postgres: no answer as PostgreSQL in time (wrong host or port? a server that is not PostgreSQL may say nothing): %w", err)
 	}
 	return fmt.Errorf("postgres: the server did not answer as PostgreSQL (wrong host or port?): %w", err)
 }

@@ -18,6 +18,7 @@ const (
 	opLock   opKind = iota // pg_try_advisory_lock + nextval
 	opUnlock               // pg_advisory_unlock
 	opPing                 // liveness check
+	opProbe                // is id held by another session? (read-only)
 )
 
 // op is one request to a holder session. Its results are set, and done
@@ -377,6 +378,8 @@ func (s *session) statement(o *op) (string, []any) {
 		return s.b.lockSQL, []any{o.id}
 	case opUnlock:
 		return "SELECT pg_advisory_unlock($1)::int::int8, pg_backend_pid()", []any{o.id}
+	case opProbe:
+		return probeSQL, probeArgs(o.id)
 	}
 	return "SELECT 1::int8, pg_backend_pid()", nil
 }
@@ -420,6 +423,8 @@ func (b *Backend) finishLocked(s *session, o *op, v int64, err error) {
 		o.ok = v > 0
 	case opPing:
 		o.ok = err == nil
+	case opProbe:
+		o.ok = err == nil && v > 0
 	}
 	if o.done != nil {
 		close(o.done)

@@ -1,0 +1,90 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/distlock/distlock"
+)
+
+// errNotOwner is what Release and Extend return for a key whose advisory
+// lock another session holds: it matches distlock.ErrNotOwnerInstance and
+// distlock.ErrNotHeld.
+var errNotOwner = fmt.Errorf("%w (PostgreSQL: another session holds the key's advisory lock, and only the session that took an advisory lock can unlock it: release it from the process that acquired it, or let its TTL pass)", distlock.ErrNotOwnerInstance)
+
+// probeSQL counts the sessions other than this one that hold the advisory
+// lock ($1 high and $2 low 32 bits of the bigint key) in this database.
+const probeSQL = "SELECT count(*)::int8, pg_backend_pid() FROM pg_locks WHERE locktype = 'advisory' AND granted" +
+	" AND database = (SELECT oid FROM pg_database WHERE datname = current_database())" +
+	" AND classid = $1::int8::oid AND objid = $2::int8::oid AND objsubid = 1 AND pid <> pg_backend_pid()"
+
+func probeArgs(id int64) []any {
+	return []any{int64(uint32(uint64(id) >> 32)), int64(uint32(id))}
+}
+
+// heldElsewhere asks the server, on key's session, whether a session other
+// than that one holds key's advisory lock: read-only, it takes nothing.
+func (b *Backend) heldElsewhere(ctx context.Context, key string) (bool, error) {
+	id := b.lockID(key)
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return false, distlock.Unavailable(errClosed)
+	}
+	o := &op{kind: opProbe, id: id, done: make(chan struct{})}
+	b.sessionFor(id).enqueueLocked(o)
+	b.mu.Unlock()
+	if err := b.wait(ctx, o); err != nil {
+		return false, err
+	}
+	if o.err != nil {
+		return false, b.unavailable(o.err)
+	}
+	return o.ok, nil
+}
+
+// notOwner answers a Release or Extend of a key this Backend does not hold:
+// errNotOwner if another session holds it, else ErrNotHeld (also when the
+// server cannot be asked: the key is not held here either way).
+func (b *Backend) notOwner(ctx context.Context, key string) error {
+	if held, err := b.heldElsewhere(ctx, key); err == nil && held {
+		return errNotOwner
+	}
+	return distlock.ErrNotHeld
+}
+
+// Inspect implements distlock.Inspector. A lock held through this Backend
+// is answered from memory (held, TTL left, fence) with no round trip; for
+// any other key one read of pg_locks tells whether another session holds
+// it — TTL and fence are then unknown (zero), as they live in the memory of
+// the process that holds it.
+func (b *Backend) Inspect(ctx context.Context, key string) (distlock.LockInfo, error) {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return distlock.LockInfo{}, distlock.Unavailable(errClosed)
+	}
+	now := time.Now()
+	if h := b.liveLocked(key, now); h != nil && !h.pending {
+		info := distlock.LockInfo{Held: true, TTL: h.expiry.Sub(now), Fence: h.fence}
+		b.mu.Unlock()
+		return info, nil
+	}
+	b.mu.Unlock()
+	held, err := b.heldElsewhere(ctx, key)
+	if err != nil {
+		return distlock.LockInfo{}, err
+	}
+	return distlock.LockInfo{Held: held}, nil
+}
+
+// unavailable names the server (host:port, never credentials) in a failure
+// of a holder session, unless the message names it already.
+func (b *Backend) unavailable(err error) error {
+	if b.where == "" || strings.Contains(err.Error(), b.where) {
+		return distlock.Unavailable(err)
+	}
+	return distlock.Unavailable(fmt.Errorf("postgres %s: %w", b.where, err))
+}

@@ -1,0 +1,76 @@
+package distlock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// minHold is a Lock's WithMinHold state.
+type minHold struct {
+	until time.Time // keep the lock until then; zero: no minimum
+
+	mu   sync.Mutex // serializes a renewal with keep's Extend
+	kept bool       // keep's Extend succeeded: the lock is left to expire
+}
+
+func checkMinHold(c lockConfig) error {
+	if !c.minHoldOK {
+		return nil
+	}
+	if c.minHold < 0 || c.minHold > MaxTTL {
+		return fmt.Errorf("WithMinHold(%v): want zero or a positive duration up to MaxTTL", c.minHold)
+	}
+	return nil
+}
+
+// keep is Release for a handle made WithMinHold before its minimum hold has
+// passed: it stops renewal and sets the lock's TTL to what remains of the
+// hold, leaving it to expire then. It reports whether it handled the
+// release (false: release as usual).
+func (l *Lock) keep(ctx context.Context) (bool, error) {
+	h := &l.minHold
+	if h.until.IsZero() {
+		return false, nil
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.kept {
+		return true, &Error{Op: "release", Key: l.key, Kind: ErrNotHeld, Err: errors.New("released already (kept until its minimum hold, WithMinHold)")}
+	}
+	rest := time.Until(h.until)
+	if rest <= 0 {
+		return false, nil
+	}
+	g, t0, err := l.m.extend(ctx, "release", l.key, l.token, rest)
+	switch {
+	case err == nil:
+		h.kept = true
+		l.extended(g, t0)
+		l.finish(nil)
+	case errors.Is(err, ErrNotHeld):
+		l.finish(&Error{Op: "release", Key: l.key, Kind: ErrLockLost, Err: err})
+	default:
+		l.releasing.Store(false)
+	}
+	return true, err
+}
+
+// renewOnce is one renewal of the lock for ttl. It reports kept (and does
+// nothing) once a release under WithMinHold has set the lock's final TTL.
+func (l *Lock) renewOnce(ttl time.Duration) (g Grant, t0 time.Time, kept bool, err error) {
+	h := &l.minHold
+	if !h.until.IsZero() {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		if h.kept {
+			return Grant{}, time.Time{}, true, nil
+		}
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), l.Expiry())
+	defer cancel()
+	g, t0, err = l.m.extend(ctx, "renew", l.key, l.token, ttl)
+	return g, t0, false, err
+}
