@@ -66,6 +66,7 @@ func (h urlHarness) NewBackend(ctx context.Context) (distlock.Backend, error) {
 type listFlag []string
 
 func (l *listFlag) String() string { return strings.Join(*l, ",") }
+func (l *listFlag) Type() string   { return "names" }
 func (l *listFlag) Set(s string) error {
 	for _, p := range strings.Split(s, ",") {
 		if p = strings.TrimSpace(p); p != "" {
@@ -82,8 +83,8 @@ func runCheck(ctx context.Context, env *cliEnv, args []string) int {
 	c.register(fs)
 	var skip listFlag
 	fs.Var(&skip, "skip", "skip these checks (Topic/Name, comma-separated or repeated)")
-	shortTTL := fs.Duration("short-ttl", 0, "TTL of the locks the checks let expire (default: 500ms or the backend's minimum)")
-	timeout := fs.Duration("timeout", 5*time.Minute, "give up on the whole check after this long")
+	shortTTL := duration(fs, "short-ttl", 0, "TTL of the locks the checks let expire (default: 500ms or the backend's minimum)")
+	timeout := duration(fs, "timeout", 5*time.Minute, "give up on the whole check after this long")
 	strict := fs.Bool("strict", false, "exit 7 on warnings too")
 	noWarn := fs.Bool("no-warnings", false, "run only the conformance checks, not the deployment inspection")
 	inspectOnly := fs.Bool("inspect-only", false, "only inspect the deployment's settings (the warnings); run no checks")
@@ -110,7 +111,10 @@ func runCheck(ctx context.Context, env *cliEnv, args []string) int {
 	defer cancel()
 
 	// Open once first: a bad or unreachable URL is reported as such rather
-	// than as every check failing. --inspect-only needs no backend.
+	// than as every check failing. --inspect-only runs no checks, but an
+	// unreachable backend is still a failure (exit 6): nothing was
+	// inspected. Other errors (a backend that refuses the URL, say) do not
+	// stop the inspection, which may explain them.
 	caps := distlock.Capabilities{Name: strings.ToLower(u.Scheme)}
 	octx, ocancel := context.WithTimeout(ctx, opTimeout)
 	m, err := distlock.Open(octx, raw)
@@ -125,7 +129,7 @@ func runCheck(ctx context.Context, env *cliEnv, args []string) int {
 			err = nil // ErrNotHeld: the backend answered
 		}
 	}
-	if err != nil && !*inspectOnly {
+	if err != nil && (!*inspectOnly || exitCode(err) == exitUnavailable) {
 		var warnings []string
 		if !*noWarn { // the deployment's settings may explain the failure
 			warnings = inspect(ctx, u)
