@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 
 	"github.com/distlock/distlock"
 	"github.com/distlock/distlock/internal/testserver"
+	"github.com/distlock/distlock/internal/testwait"
 )
 
 // TestGNUFlags: flags are GNU-style: --name value, --name=value, -v; and
@@ -257,4 +259,42 @@ func startNanos(t *testing.T, line string) int64 {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// TestRunMinHoldInterrupted: a distlock stopped during --min-hold does not
+// release the lock: it is left to expire by itself no sooner than
+// --min-hold after the grant, even when that is longer than --ttl.
+func TestRunMinHoldInterrupted(t *testing.T) {
+	if !compiledIn("redis") {
+		t.Skip("redis backend not compiled in")
+	}
+	t.Parallel()
+	srv := testserver.StartRedis(t, testserver.RedisOptions{})
+	url := "redis://" + srv.Addr
+	argv, env := child("exit", "0")
+	p := start(t, env, append([]string{"run", "--url", url, "--key", "held-on", "--ttl", "2s", "--min-hold", "1m", "-v", "--"}, argv...)...)
+	testwait.For(t, 30*time.Second, "CMD to finish and the hold to begin", func() bool {
+		return strings.Contains(p.stderr.String(), "keeping \"held-on\" until --min-hold")
+	})
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	r := p.wait(t, 30*time.Second)
+	wantCode(t, r, 128+int(syscall.SIGTERM))
+	if !strings.Contains(r.stderr, "left to expire by itself") {
+		t.Errorf("no word about the lock left behind:\n%s", r)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	rc := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	defer rc.Close()
+	ttl, err := rc.PTTL(ctx, "held-on").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ttl < 45*time.Second {
+		t.Fatalf("the lock's TTL on the server is %v, want it to last until --min-hold 1m is up", ttl)
+	}
+	wantCode(t, cli(t, nil, "run", "--url", url, "--key", "held-on", "--", "true"), exitNotAcquired)
 }
