@@ -118,6 +118,22 @@ case "$DISTLOCK_FENCE" in *[!0-9]*|'') echo "DISTLOCK_FENCE is [$DISTLOCK_FENCE]
 		// Released: another client gets the lock at once.
 		r := cli(t, nil, "acquire", "--url", url, "--key", key, "--ttl", "1m")
 		wantCode(t, r, 0)
+
+		// While it is held, the eval fails with acquire's exit status, so
+		// the script stops (set -e, or || exit) instead of going on
+		// without the lock.
+		for _, script := range []string{
+			`set -eu; eval "$("$DISTLOCK" acquire --key "$KEY" --env)"; echo "went on without the lock"`,
+			`eval "$("$DISTLOCK" acquire --key "$KEY" --env)" || exit; echo "went on without the lock"`,
+		} {
+			c := exec.Command(bash, "-c", script)
+			c.Dir = dir
+			c.Env = cleanEnv("DISTLOCK="+bin, "KEY="+key, "DISTLOCK_URL="+url)
+			out, _ := c.CombinedOutput()
+			if code := c.ProcessState.ExitCode(); code != exitNotAcquired || strings.Contains(string(out), "went on") {
+				t.Errorf("%s: exit %d, want %d:\n%s", script, code, exitNotAcquired, out)
+			}
+		}
 		wantCode(t, cli(t, nil, "release", "--url", url, "--key", key, "--token", strings.TrimSpace(r.stdout)), 0)
 	})
 }

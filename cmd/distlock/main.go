@@ -235,15 +235,19 @@ func (c *common) register(fs *pflag.FlagSet) {
 
 // wantsJSON reports whether args ask for --json, for errors found before
 // (or while) the flags are parsed.
-func wantsJSON(args []string) bool {
+func wantsJSON(args []string) bool { return hasFlag(args, "--json") }
+
+// hasFlag reports whether the boolean flag name (--json) is set in args
+// before any "--".
+func hasFlag(args []string, name string) bool {
 	for _, a := range args {
 		switch {
 		case a == "--":
 			return false
-		case a == "--json":
+		case a == name:
 			return true
-		case strings.HasPrefix(a, "--json="):
-			v, err := strconv.ParseBool(strings.TrimPrefix(a, "--json="))
+		case strings.HasPrefix(a, name+"="):
+			v, err := strconv.ParseBool(strings.TrimPrefix(a, name+"="))
 			return err == nil && v
 		}
 	}

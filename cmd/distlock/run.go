@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -350,7 +349,7 @@ func holdFor(ctx context.Context, l *distlock.Lock, d time.Duration, sigs <-chan
 // a shell reports it: 127 when it does not exist (not in $PATH, or no such
 // file), 126 when it exists but cannot be executed.
 func execFailure(err error) int {
-	if errors.Is(err, exec.ErrNotFound) || errors.Is(err, fs.ErrNotExist) {
+	if errors.Is(err, exec.ErrNotFound) || errors.Is(err, os.ErrNotExist) {
 		return 127
 	}
 	return 126

@@ -29,8 +29,9 @@ session, and memory://, which is per process, use 'distlock run' instead.
 Output: the token; with --env, 'export' lines for DISTLOCK_KEY,
 DISTLOCK_TOKEN and DISTLOCK_FENCE (values quoted for a POSIX shell) to
 eval, after which 'distlock release' and 'distlock extend' find the token
-in $DISTLOCK_TOKEN; with --json, an object with key, token, fence, ttl and
-expiry.
+in $DISTLOCK_TOKEN (on failure --env prints "(exit N)", so that the eval
+fails too, with acquire's exit status); with --json, an object with key,
+token, fence, ttl and expiry.
 
 Examples:
   TOKEN=$(distlock acquire --url redis://localhost:6379 --key deploy --ttl 5m) || exit
@@ -116,7 +117,19 @@ func checkKeyTTL(env *cliEnv, cmd, key string, ttl time.Duration) (int, bool) {
 	return 0, true
 }
 
+// runAcquire runs acquire. With --env a failure also prints "(exit N)" on
+// stdout: eval "$(distlock acquire … --env)" then fails with acquire's exit
+// status (an empty string would eval to success, and a script would go on
+// without the lock).
 func runAcquire(ctx context.Context, env *cliEnv, args []string) int {
+	code := acquire(ctx, env, args)
+	if code != exitOK && !env.json && hasFlag(args, "--env") {
+		fmt.Fprintf(env.stdout, "(exit %d)\n", code)
+	}
+	return code
+}
+
+func acquire(ctx context.Context, env *cliEnv, args []string) int {
 	const cmdName = "distlock acquire"
 	fs := newFlags("acquire", "--key KEY [--ttl D] [--wait D] [flags]", acquireHelp)
 	var c common
