@@ -66,6 +66,7 @@ func (h urlHarness) NewBackend(ctx context.Context) (distlock.Backend, error) {
 type listFlag []string
 
 func (l *listFlag) String() string { return strings.Join(*l, ",") }
+func (l *listFlag) Type() string   { return "names" }
 func (l *listFlag) Set(s string) error {
 	for _, p := range strings.Split(s, ",") {
 		if p = strings.TrimSpace(p); p != "" {
@@ -82,8 +83,8 @@ func runCheck(ctx context.Context, env *cliEnv, args []string) int {
 	c.register(fs)
 	var skip listFlag
 	fs.Var(&skip, "skip", "skip these checks (Topic/Name, comma-separated or repeated)")
-	shortTTL := fs.Duration("short-ttl", 0, "TTL of the locks the checks let expire (default: 500ms or the backend's minimum)")
-	timeout := fs.Duration("timeout", 5*time.Minute, "give up on the whole check after this long")
+	shortTTL := duration(fs, "short-ttl", 0, "TTL of the locks the checks let expire (default: 500ms or the backend's minimum)")
+	timeout := duration(fs, "timeout", 5*time.Minute, "give up on the whole check after this long")
 	strict := fs.Bool("strict", false, "exit 7 on warnings too")
 	noWarn := fs.Bool("no-warnings", false, "run only the conformance checks, not the deployment inspection")
 	inspectOnly := fs.Bool("inspect-only", false, "only inspect the deployment's settings (the warnings); run no checks")
@@ -110,7 +111,7 @@ func runCheck(ctx context.Context, env *cliEnv, args []string) int {
 	defer cancel()
 
 	// Open once first: a bad or unreachable URL is reported as such rather
-	// than as every check failing. --inspect-only needs no backend.
+	// than as every check failing.
 	caps := distlock.Capabilities{Name: strings.ToLower(u.Scheme)}
 	octx, ocancel := context.WithTimeout(ctx, opTimeout)
 	m, err := distlock.Open(octx, raw)
@@ -125,11 +126,24 @@ func runCheck(ctx context.Context, env *cliEnv, args []string) int {
 			err = nil // ErrNotHeld: the backend answered
 		}
 	}
-	if err != nil && !*inspectOnly {
-		var warnings []string
-		if !*noWarn { // the deployment's settings may explain the failure
-			warnings = inspect(ctx, u)
-		}
+	// --inspect-only runs no checks, but it fails (exit 6, "ok": false)
+	// when nothing could be inspected: the inspection could not reach the
+	// deployment, or there is nothing to inspect for the scheme and the
+	// backend did not answer. An open error with a successful inspection
+	// (PostgreSQL behind a transaction pooler, say) is what the warnings
+	// explain.
+	var (
+		warnings  []string
+		inspected bool
+		ierr      error
+	)
+	if *inspectOnly || (err != nil && !*noWarn) { // the deployment's settings may explain the failure
+		warnings, inspected, ierr = inspect(ctx, u)
+	}
+	if *inspectOnly && err == nil && ierr != nil {
+		err = distlock.Unavailable(fmt.Errorf("could not inspect the deployment: %w", ierr))
+	}
+	if err != nil && (!*inspectOnly || !inspected) {
 		code := exitCode(err)
 		msg := strings.TrimPrefix(err.Error(), "distlock: ")
 		fmt.Fprintf(env.stderr, "%s: %s\n", cmdName, msg)
@@ -161,9 +175,8 @@ func runCheck(ctx context.Context, env *cliEnv, args []string) int {
 	}
 	elapsed := time.Since(t0)
 
-	var warnings []string
-	if !*noWarn {
-		warnings = inspect(ctx, u)
+	if !*noWarn && !*inspectOnly {
+		warnings, _, _ = inspect(ctx, u)
 	}
 
 	counts := map[string]int{}
@@ -215,22 +228,27 @@ func nonNil(s []string) []string {
 	return s
 }
 
-// inspect runs the warners registered for u's scheme.
-func inspect(ctx context.Context, u *url.URL) []string {
+// inspect runs the warners registered for u's scheme. It returns their
+// warnings (a warner's error among them, worded as one), whether the
+// deployment was inspected (there are warners and none failed), and the
+// first warner error.
+func inspect(ctx context.Context, u *url.URL) (warnings []string, inspected bool, err error) {
 	warnersMu.Lock()
 	ws := slices.Clone(warners[strings.ToLower(u.Scheme)])
 	warnersMu.Unlock()
-	var out []string
 	for _, w := range ws {
 		wctx, cancel := context.WithTimeout(ctx, opTimeout)
-		msgs, err := w(wctx, u)
+		msgs, werr := w(wctx, u)
 		cancel()
-		out = append(out, msgs...)
-		if err != nil {
-			out = append(out, fmt.Sprintf("could not inspect the deployment: %v", err))
+		warnings = append(warnings, msgs...)
+		if werr != nil {
+			warnings = append(warnings, fmt.Sprintf("could not inspect the deployment: %v", werr))
+			if err == nil {
+				err = werr
+			}
 		}
 	}
-	return out
+	return warnings, len(ws) > 0 && err == nil, err
 }
 
 func printCheck(w io.Writer, raw string, caps distlock.Capabilities, results []conformance.Result, warnings []string, elapsed time.Duration, counts map[string]int) {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"strconv"
@@ -24,14 +25,29 @@ func (quietRedis) Printf(context.Context, string, ...any) {}
 // redisWarnings inspects every Redis server the URL names (the masters of
 // a redlock:// URL) for settings that can make a lock vanish while its
 // holder still believes it holds it.
+//
+// A server that does not answer is a warning when others do (Redlock
+// works with a quorum) and an error when none does: nothing was inspected.
 func redisWarnings(ctx context.Context, u *url.URL) ([]string, error) {
-	var warns []string
-	for _, node := range redisNodes(u) {
+	var (
+		warns []string
+		errs  []error
+	)
+	nodes := redisNodes(u)
+	for _, node := range nodes {
 		w, err := redisNodeWarnings(ctx, node)
 		if err != nil {
-			return warns, err
+			errs = append(errs, err)
+			warns = append(warns, err.Error())
+			continue
 		}
 		warns = append(warns, w...)
+	}
+	if len(nodes) == 0 || len(errs) == len(nodes) {
+		if len(errs) == 0 {
+			return nil, fmt.Errorf("redis: no server address in the URL")
+		}
+		return nil, errors.Join(errs...)
 	}
 	return warns, nil
 }
@@ -75,6 +91,9 @@ func redisNodeWarnings(ctx context.Context, u *url.URL) ([]string, error) {
 	c := redis.NewClient(opts)
 	defer c.Close()
 	addr := opts.Addr
+	if err := c.Ping(ctx).Err(); err != nil && !isNoAuthRedisErr(err) {
+		return nil, fmt.Errorf("redis at %s does not answer: %v", addr, scrubbed(err, u))
+	}
 
 	var warns []string
 	cfg, err := c.ConfigGet(ctx, "*").Result()
@@ -113,4 +132,11 @@ func redisNodeWarnings(ctx context.Context, u *url.URL) ([]string, error) {
 		}
 	}
 	return warns, nil
+}
+
+// isNoAuthRedisErr reports whether err is a reply from a live server that
+// refuses the command (NOAUTH, WRONGPASS, NOPERM): it answered.
+func isNoAuthRedisErr(err error) bool {
+	var re redis.Error
+	return errors.As(err, &re)
 }

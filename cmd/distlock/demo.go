@@ -44,8 +44,8 @@ func runDemo(ctx context.Context, env *cliEnv, args []string) int {
 	c.register(fs)
 	workers := fs.Int("workers", 40, "concurrent clients, each with its own connection")
 	seats := fs.Int("seats", 10, "seats to book (fewer than workers: most workers find them sold out)")
-	latency := fs.Duration("latency", 2*time.Millisecond, "time the booking system takes between checking a seat and writing the booking")
-	ttl := fs.Duration("ttl", 10*time.Second, "TTL of each seat lock")
+	latency := duration(fs, "latency", 2*time.Millisecond, "time the booking system takes between checking a seat and writing the booking")
+	ttl := duration(fs, "ttl", 10*time.Second, "TTL of each seat lock")
 	quiet := fs.Bool("quiet", false, "no progress lines on stderr")
 	if code, done := parse(fs, env, args); done {
 		return code

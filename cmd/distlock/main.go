@@ -15,16 +15,17 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net/url"
 	"os"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/distlock/distlock"
+	"github.com/spf13/pflag"
 )
 
 // Exit codes. They are part of the command's interface: scripts test them.
@@ -72,6 +73,9 @@ type cliEnv struct {
 	stdin          io.Reader
 	stdout, stderr io.Writer
 	getenv         func(string) string
+	// json is set once the command is known to print JSON (--json), so
+	// that usage errors are printed as a JSON object too.
+	json bool
 }
 
 func main() {
@@ -111,8 +115,8 @@ func mainArgs(ctx context.Context, env *cliEnv, args []string) int {
 			return c.run(ctx, env, args[1:])
 		}
 	}
-	fmt.Fprintf(env.stderr, "distlock: unknown command %q\nRun 'distlock --help' for the list of commands.\n", name)
-	return exitUsage
+	env.json = wantsJSON(args[1:])
+	return usageError(env, "distlock", "unknown command %q (run 'distlock --help' for the list of commands)", name)
 }
 
 func topUsage(w io.Writer) {
@@ -162,26 +166,60 @@ func version() string {
 }
 
 // newFlags returns a FlagSet for a command, with nothing registered yet.
-// Its Usage prints the command's help, examples and flags.
-func newFlags(name, synopsis, help string) *flag.FlagSet {
-	fs := flag.NewFlagSet("distlock "+name, flag.ContinueOnError)
+// Flags are GNU-style (--name value, --name=value, -v). Its Usage prints
+// the command's help, examples and flags.
+func newFlags(name, synopsis, help string) *pflag.FlagSet {
+	fs := pflag.NewFlagSet("distlock "+name, pflag.ContinueOnError)
 	fs.SetOutput(io.Discard)
+	fs.SortFlags = false
 	fs.Usage = func() {
 		w := fs.Output()
 		fmt.Fprintf(w, "Usage: distlock %s %s\n\n%s\nFlags:\n", name, synopsis, strings.TrimLeft(help, "\n"))
-		fs.VisitAll(func(f *flag.Flag) {
-			typ, usage := flag.UnquoteUsage(f)
+		fs.VisitAll(func(f *pflag.Flag) {
+			if f.Hidden {
+				return
+			}
+			typ, usage := pflag.UnquoteUsage(f)
 			if typ != "" {
 				typ = " " + typ
 			}
 			def := ""
-			if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0s" && f.DefValue != "0" {
+			if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0s" && f.DefValue != "0" && f.DefValue != "[]" {
 				def = fmt.Sprintf(" (default %s)", f.DefValue)
 			}
-			fmt.Fprintf(w, "  --%s%s\n        %s%s\n", f.Name, typ, usage, def)
+			names := "--" + f.Name
+			if f.Shorthand != "" {
+				names = "-" + f.Shorthand + ", " + names
+			}
+			fmt.Fprintf(w, "  %s%s\n        %s%s\n", names, typ, usage, def)
 		})
 	}
 	return fs
+}
+
+// durationValue is a duration flag whose parse errors say how to write a
+// duration.
+type durationValue time.Duration
+
+func (d *durationValue) String() string { return time.Duration(*d).String() }
+func (d *durationValue) Type() string   { return "duration" }
+func (d *durationValue) Set(s string) error {
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		if _, nerr := strconv.ParseFloat(s, 64); nerr == nil {
+			return fmt.Errorf("missing unit in duration %q: use e.g. %ss", s, s)
+		}
+		return fmt.Errorf("invalid duration %q: use e.g. 500ms, 30s, 5m or 1h30m", s)
+	}
+	*d = durationValue(v)
+	return nil
+}
+
+// duration registers a duration flag.
+func duration(fs *pflag.FlagSet, name string, def time.Duration, usage string) *time.Duration {
+	d := def
+	fs.Var((*durationValue)(&d), name, usage)
+	return &d
 }
 
 // common are the flags every command that talks to a backend shares.
@@ -190,30 +228,92 @@ type common struct {
 	json bool
 }
 
-func (c *common) register(fs *flag.FlagSet) {
+func (c *common) register(fs *pflag.FlagSet) {
 	fs.StringVar(&c.url, "url", "", "backend URL, e.g. redis://host:6379, etcd://host:2379, postgres://user@host/db, memory:// (default $"+envURL+")")
 	fs.BoolVar(&c.json, "json", false, "print the result as one JSON object on stdout")
 }
 
+// wantsJSON reports whether args ask for --json, for errors found before
+// (or while) the flags are parsed.
+func wantsJSON(args []string) bool { return hasFlag(args, "--json") }
+
+// hasFlag reports whether the boolean flag name (--json) is set in args
+// before any "--".
+func hasFlag(args []string, name string) bool {
+	for _, a := range args {
+		switch {
+		case a == "--":
+			return false
+		case a == name:
+			return true
+		case strings.HasPrefix(a, name+"="):
+			v, err := strconv.ParseBool(strings.TrimPrefix(a, name+"="))
+			return err == nil && v
+		}
+	}
+	return false
+}
+
 // parse parses args. On --help it prints the help to stdout and returns
-// exitOK with done; on a bad flag it prints a short error and returns
-// exitUsage with done.
-func parse(fs *flag.FlagSet, env *cliEnv, args []string) (code int, done bool) {
+// exitOK with done; on a bad flag it prints a short error (as JSON too,
+// with --json) and returns exitUsage with done.
+func parse(fs *pflag.FlagSet, env *cliEnv, args []string) (code int, done bool) {
+	hasJSON := fs.Lookup("json") != nil
+	env.json = hasJSON && wantsJSON(args)
 	err := fs.Parse(args)
 	switch {
 	case err == nil:
+		if hasJSON {
+			env.json, _ = fs.GetBool("json")
+		}
 		return 0, false
-	case errors.Is(err, flag.ErrHelp):
+	case errors.Is(err, pflag.ErrHelp):
 		fs.SetOutput(env.stdout)
 		fs.Usage()
 		return exitOK, true
 	}
-	return usageError(env, fs.Name(), "%v", err), true
+	return usageError(env, fs.Name(), "%s", flagError(fs, err)), true
 }
 
-// usageError prints a usage error and returns exitUsage.
+// flagError words a flag parsing error: it names the flag as typed on the
+// command line (--ttl) and says how to fix the value.
+func flagError(fs *pflag.FlagSet, err error) string {
+	var inv *pflag.InvalidValueError
+	var nx *pflag.NotExistError
+	switch {
+	case errors.As(err, &inv):
+		name, cause := "--"+inv.GetFlag().Name, inv.Unwrap()
+		if _, ok := inv.GetFlag().Value.(*durationValue); ok {
+			return name + ": " + cause.Error()
+		}
+		var ne *strconv.NumError
+		if errors.As(cause, &ne) {
+			what := "not a number"
+			if errors.Is(ne, strconv.ErrRange) {
+				what = "out of range"
+			} else if inv.GetFlag().Value.Type() == "bool" {
+				what = "want true or false"
+			}
+			return fmt.Sprintf("%s: invalid value %q: %s", name, inv.GetValue(), what)
+		}
+		return fmt.Sprintf("%s: invalid value %q: %v", name, inv.GetValue(), cause)
+	case errors.As(err, &nx):
+		// -ttl: a long flag written with one dash reads as shorthands.
+		if s := nx.GetSpecifiedShortnames(); len(s) > 1 && fs.Lookup(s) != nil {
+			return fmt.Sprintf("unknown flag -%s: long flags take two dashes: --%s", s, s)
+		}
+	}
+	return err.Error()
+}
+
+// usageError prints a usage error (and, with --json, a JSON error object
+// on stdout) and returns exitUsage.
 func usageError(env *cliEnv, cmd, format string, args ...any) int {
-	fmt.Fprintf(env.stderr, "%s: %s\nRun '%s --help' for usage.\n", cmd, fmt.Sprintf(format, args...), cmd)
+	msg := fmt.Sprintf(format, args...)
+	fmt.Fprintf(env.stderr, "%s: %s\nRun '%s --help' for usage.\n", cmd, msg, cmd)
+	if env.json {
+		writeJSON(env.stdout, map[string]any{"ok": false, "error": msg, "code": errorCode(exitUsage), "exit_code": exitUsage})
+	}
 	return exitUsage
 }
 
@@ -329,7 +429,7 @@ func writeJSON(w io.Writer, v any) {
 }
 
 // noArgs reports an error if positional arguments remain.
-func noArgs(env *cliEnv, fs *flag.FlagSet) (int, bool) {
+func noArgs(env *cliEnv, fs *pflag.FlagSet) (int, bool) {
 	if fs.NArg() > 0 {
 		return usageError(env, fs.Name(), "unexpected argument %q", fs.Arg(0)), false
 	}

@@ -22,7 +22,16 @@ While CMD runs the lock is renewed every TTL/3. If the lock is lost (it was
 taken away, or renewals kept failing until less than TTL/10 of the lease was
 left), CMD gets SIGTERM, then SIGKILL after --grace, and distlock exits 5.
 If another holder has the lock and --wait runs out, CMD is not started and
-distlock exits 3 (or --conflict-exit-code).
+distlock exits 3 (or --conflict-exit-code). If CMD is not found distlock
+exits 127, if it cannot be executed 126, without touching the lock.
+
+Run-once jobs: with --min-hold D the lock is kept until D after it was
+acquired even when CMD finishes sooner, so a replica whose schedule fires
+a little later finds the lock taken and skips the job (with
+--conflict-exit-code 0, quietly). distlock stays running meanwhile,
+renewing the lock, and releases it at acquisition+D. If distlock is
+stopped during that time it leaves the lock to expire by itself (where the
+backend keeps a lock after its client is gone).
 
 CMD gets the environment variables DISTLOCK_KEY, DISTLOCK_TOKEN and
 DISTLOCK_FENCE (the fencing number; 0 when the backend has none). Pass the
@@ -40,21 +49,23 @@ Examples:
   distlock run --key deploy --wait 10m -- make deploy          # URL from $DISTLOCK_URL
   distlock run --key cron:backup --conflict-exit-code 0 -- ./backup.sh   # skip quietly if it runs elsewhere
   distlock run --key job -- sh -c 'echo "fence $DISTLOCK_FENCE"; ./job'
+  distlock run --key nightly --min-hold 10m --conflict-exit-code 0 -- ./nightly.sh   # once across replicas
 `
 
 func runRun(ctx context.Context, env *cliEnv, args []string) int {
 	const cmdName = "distlock run"
 	fs := newFlags("run", "--key KEY [--ttl D] [--wait D] [flags] -- CMD [ARGS...]", runHelp)
+	fs.SetInterspersed(false) // the first argument that is not a flag starts CMD
 	var c common
 	fs.StringVar(&c.url, "url", "", "backend URL (default $"+envURL+")")
 	key := fs.String("key", "", "lock key (required)")
-	ttl := fs.Duration("ttl", 30*time.Second, "lock TTL; the lock is renewed every TTL/3 while CMD runs")
-	wait := fs.Duration("wait", 0, "how long to wait while another holder has the lock (0: one attempt)")
-	grace := fs.Duration("grace", 10*time.Second, "after the lock is lost, time between SIGTERM and SIGKILL to CMD")
+	ttl := duration(fs, "ttl", 30*time.Second, "lock TTL; the lock is renewed every TTL/3 while CMD runs")
+	wait := duration(fs, "wait", 0, "how long to wait while another holder has the lock (0: one attempt)")
+	grace := duration(fs, "grace", 10*time.Second, "after the lock is lost, time between SIGTERM and SIGKILL to CMD")
+	minHold := duration(fs, "min-hold", 0, "keep the lock until this long after it was acquired, even if CMD finishes sooner (run-once jobs)")
 	conflict := fs.Int("conflict-exit-code", exitNotAcquired, "exit code when the lock is held elsewhere")
 	token := fs.String("token", "", "hold the lock with this token instead of a random one")
-	verbose := fs.Bool("verbose", false, "report acquisition, loss and release on stderr")
-	fs.BoolVar(verbose, "v", false, "short for --verbose")
+	verbose := fs.BoolP("verbose", "v", false, "report acquisition, loss and release on stderr")
 	if code, done := parse(fs, env, args); done {
 		return code
 	}
@@ -68,6 +79,8 @@ func runRun(ctx context.Context, env *cliEnv, args []string) int {
 		return usageError(env, cmdName, "--wait must not be negative (got %v)", *wait)
 	case *grace < 0:
 		return usageError(env, cmdName, "--grace must not be negative (got %v)", *grace)
+	case *minHold < 0:
+		return usageError(env, cmdName, "--min-hold must not be negative (got %v)", *minHold)
 	case *conflict < 0 || *conflict > 255:
 		return usageError(env, cmdName, "--conflict-exit-code must be in 0..255 (got %d)", *conflict)
 	case len(argv) == 0:
@@ -87,14 +100,13 @@ func runRun(ctx context.Context, env *cliEnv, args []string) int {
 		return code
 	}
 
-	// Fail fast, before touching the lock, if CMD cannot be found.
+	// Fail fast, before touching the lock, if CMD cannot be found (127,
+	// as a shell says: not in $PATH, or no such file for ./cmd) or run
+	// (126: not executable, a directory).
 	path, err := exec.LookPath(argv[0])
 	if err != nil {
 		errorf("%v", err)
-		if errors.Is(err, exec.ErrNotFound) {
-			return 127
-		}
-		return 126
+		return execFailure(err)
 	}
 
 	// Signals: before CMD starts a terminating signal abandons the wait;
@@ -177,6 +189,7 @@ func runRun(ctx context.Context, env *cliEnv, args []string) int {
 		errorf("%s", strings.TrimPrefix(err.Error(), "distlock: "))
 		return code
 	}
+	acquired := time.Now() // --min-hold counts from here (at or after the grant)
 	logf("acquired %q (fence %d, lease until %s); running %s", *key, l.Fence(), l.Expiry().Format(time.RFC3339Nano), argv[0])
 
 	cmd := exec.Command(path, argv[1:]...)
@@ -191,10 +204,7 @@ func runRun(ctx context.Context, env *cliEnv, args []string) int {
 	if err := cmd.Start(); err != nil {
 		releaseQuietly(l)
 		errorf("%v", err)
-		if errors.Is(err, exec.ErrNotFound) || errors.Is(err, os.ErrNotExist) {
-			return 127
-		}
-		return 126
+		return execFailure(err)
 	}
 
 	waitErr := make(chan error, 1)
@@ -221,7 +231,7 @@ loop:
 		case lerr := <-lost:
 			lost = nil
 			lostErr = lerr
-			errorf("lock %q lost: %v; stopping %s (SIGTERM, SIGKILL after %v)", *key, lerr, argv[0], *grace)
+			errorf("lock %q lost (%s); stopping %s (SIGTERM, SIGKILL after %v)", *key, lossReason(lerr), argv[0], *grace)
 			_ = signalChild(cmd.Process, group, sigTERM)
 			killT = time.NewTimer(*grace)
 			kill = killT.C
@@ -243,14 +253,27 @@ loop:
 			_ = signalChild(cmd.Process, group, sigKILL)
 		}
 		releaseQuietly(l)
-		errorf("%s stopped (status %d) because the lock was lost", argv[0], status)
+		errorf("%s exited with status %d; exiting %d", argv[0], status, exitLockLost)
 		return exitLockLost
+	}
+	if left := time.Until(acquired.Add(*minHold)); left > 0 {
+		logf("%s exited with status %d; keeping %q until --min-hold %v has passed (%v more)", argv[0], status, *key, *minHold, left.Round(time.Millisecond))
+		if s := holdFor(ctx, l, left, sigs); s != nil {
+			// Stopped early: leave the lock to expire by itself rather
+			// than free it for another run before --min-hold is up.
+			errorf("interrupted by %v during --min-hold; %q is left to expire by itself", s, *key)
+			return signalExit(s)
+		}
+		if err := l.Err(); err != nil {
+			errorf("warning: lock %q lost during --min-hold (%s): another holder may take it before the %v are up", *key, lossReason(err), *minHold)
+			return status
+		}
 	}
 	rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), opTimeout)
 	defer rcancel()
 	if err := l.Release(rctx); err != nil {
 		if errors.Is(err, distlock.ErrNotHeld) {
-			errorf("lock %q was lost before %s finished (status %d): %v", *key, argv[0], status, err)
+			errorf("lock %q was lost before %s finished (status %d): the token no longer held it at release", *key, argv[0], status)
 			return exitLockLost
 		}
 		errorf("warning: could not release %q (it expires by its TTL): %v", *key, err)
@@ -291,6 +314,66 @@ func watchLoss(l *distlock.Lock, stop <-chan struct{}) chan error {
 		}
 	}()
 	return ch
+}
+
+// holdFor keeps l held (renewed by its handle) for d, so that it is not
+// free again before --min-hold is up. It makes sure the lock would outlive
+// this process until then where the backend allows that: if the lock's
+// expiry is sooner than d, it is extended to d first. It returns early,
+// with nil, if the lock is lost, and with the signal if a terminating one
+// arrives.
+func holdFor(ctx context.Context, l *distlock.Lock, d time.Duration, sigs <-chan os.Signal) os.Signal {
+	end := time.Now().Add(d)
+	if time.Until(l.Expiry()) < d {
+		ectx, cancel := context.WithTimeout(ctx, opTimeout)
+		_ = l.Extend(ectx, d) // on failure the handle's renewals carry on
+		cancel()
+	}
+	t := time.NewTimer(time.Until(end))
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			return nil
+		case <-l.Done():
+			return nil
+		case s := <-sigs:
+			if isTerminating(s) {
+				return s
+			}
+		}
+	}
+}
+
+// execFailure is the exit status for a CMD that could not be started, as
+// a shell reports it: 127 when it does not exist (not in $PATH, or no such
+// file), 126 when it exists but cannot be executed.
+func execFailure(err error) int {
+	if errors.Is(err, exec.ErrNotFound) || errors.Is(err, os.ErrNotExist) {
+		return 127
+	}
+	return 126
+}
+
+// lossReason says in a few words why a lock was lost, from the error its
+// handle reports: the innermost cause, without the operation and key that
+// the message around it already names.
+func lossReason(err error) string {
+	var de *distlock.Error
+	for errors.As(err, &de) {
+		if de.Err == nil {
+			err = de.Kind
+			break
+		}
+		err = de.Err
+	}
+	switch {
+	case err == nil:
+		return "unknown cause"
+	case errors.Is(err, distlock.ErrNotHeld):
+		return "the token no longer holds it: it expired, or was deleted or taken over"
+	}
+	return strings.TrimPrefix(err.Error(), "distlock: ")
 }
 
 // releaseQuietly releases l, ignoring errors: the lock may be gone already.

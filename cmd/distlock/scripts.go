@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"os/signal"
 	"strconv"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"github.com/distlock/distlock"
+	"github.com/spf13/pflag"
 )
 
 const acquireHelp = `
@@ -26,13 +26,17 @@ The lock outlives this process, so the backend must let another client
 release it (Redis, etcd); with PostgreSQL advisory locks, which end with the
 session, and memory://, which is per process, use 'distlock run' instead.
 
-Output: the token; with --env, shell assignments of DISTLOCK_KEY,
-DISTLOCK_TOKEN and DISTLOCK_FENCE for eval; with --json, an object with
-key, token, fence, ttl and expiry.
+Output: the token; with --env, 'export' lines for DISTLOCK_KEY,
+DISTLOCK_TOKEN and DISTLOCK_FENCE (values quoted for a POSIX shell) to
+eval, after which 'distlock release' and 'distlock extend' find the token
+in $DISTLOCK_TOKEN (on failure --env prints "(exit N)", so that the eval
+fails too, with acquire's exit status); with --json, an object with key,
+token, fence, ttl and expiry.
 
 Examples:
   TOKEN=$(distlock acquire --url redis://localhost:6379 --key deploy --ttl 5m) || exit
-  eval "$(distlock acquire --key deploy --ttl 5m --wait 1m --env)"
+  eval "$(distlock acquire --key deploy --ttl 5m --wait 1m --env)" || exit
+  distlock release --key "$DISTLOCK_KEY"          # the token from $DISTLOCK_TOKEN
   distlock acquire --key deploy --ttl 5m --json
 `
 
@@ -59,18 +63,17 @@ Examples:
 
 const statusHelp = `
 Show the backend the URL names (its name and capabilities) and whether it
-answers. With --key and a token (--token or $DISTLOCK_TOKEN), also tell
-whether that token holds the lock: exit 0 if it does, 4 if not.
+answers. Exits 6 if it does not.
 
-The portable LockManager API has no read-only query: the only way to learn
-whether a token holds a lock is to extend it, so the token check resets the
-lock's TTL to --ttl (default 30s) — exactly what 'distlock extend' does.
-Who else holds a key cannot be learned without taking the lock, so status
-never tries to acquire anything.
+With --key (and a token from --token or $DISTLOCK_TOKEN) it reports on that
+lock without changing it: status never extends, acquires or releases
+anything. Exit 0 if the token holds the lock, 4 if not. Where the lock
+cannot be inspected read-only, status says so and exits 1: use
+'distlock extend', which answers the same question by resetting the TTL.
 
 Examples:
   distlock status --url etcd://127.0.0.1:2379
-  distlock status --key deploy --token "$TOKEN" --ttl 5m --json
+  distlock status --key deploy --token "$TOKEN" --json
 `
 
 // readToken resolves --token, $DISTLOCK_TOKEN and '-' (stdin).
@@ -98,9 +101,9 @@ func signalContext(ctx context.Context) (context.Context, context.CancelFunc) {
 }
 
 // keyFlags registers --key and --ttl.
-func keyFlags(fs *flag.FlagSet, ttlHelp string) (*string, *time.Duration) {
+func keyFlags(fs *pflag.FlagSet, ttlHelp string) (*string, *time.Duration) {
 	key := fs.String("key", "", "lock key (required)")
-	ttl := fs.Duration("ttl", 30*time.Second, ttlHelp)
+	ttl := duration(fs, "ttl", 30*time.Second, ttlHelp)
 	return key, ttl
 }
 
@@ -114,15 +117,27 @@ func checkKeyTTL(env *cliEnv, cmd, key string, ttl time.Duration) (int, bool) {
 	return 0, true
 }
 
+// runAcquire runs acquire. With --env a failure also prints "(exit N)" on
+// stdout: eval "$(distlock acquire … --env)" then fails with acquire's exit
+// status (an empty string would eval to success, and a script would go on
+// without the lock).
 func runAcquire(ctx context.Context, env *cliEnv, args []string) int {
+	code := acquire(ctx, env, args)
+	if code != exitOK && !env.json && hasFlag(args, "--env") {
+		fmt.Fprintf(env.stdout, "(exit %d)\n", code)
+	}
+	return code
+}
+
+func acquire(ctx context.Context, env *cliEnv, args []string) int {
 	const cmdName = "distlock acquire"
 	fs := newFlags("acquire", "--key KEY [--ttl D] [--wait D] [flags]", acquireHelp)
 	var c common
 	c.register(fs)
 	key, ttl := keyFlags(fs, "lock TTL (not renewed: extend or release it in time)")
-	wait := fs.Duration("wait", 0, "how long to wait while another holder has the lock (0: one attempt)")
+	wait := duration(fs, "wait", 0, "how long to wait while another holder has the lock (0: one attempt)")
 	token := fs.String("token", "", "take or refresh the lock with this token instead of a random one")
-	envOut := fs.Bool("env", false, "print DISTLOCK_KEY=…, DISTLOCK_TOKEN=… and DISTLOCK_FENCE=… for eval")
+	envOut := fs.Bool("env", false, "print 'export DISTLOCK_KEY=…' lines (and _TOKEN, _FENCE) for eval")
 	if code, done := parse(fs, env, args); done {
 		return code
 	}
@@ -175,7 +190,9 @@ func runAcquire(ctx context.Context, env *cliEnv, args []string) int {
 			"ttl": time.Until(l.Expiry()).Round(time.Millisecond).String(), "expiry": l.Expiry().UTC().Format(time.RFC3339Nano),
 		})
 	case *envOut:
-		fmt.Fprintf(env.stdout, "DISTLOCK_KEY=%s\nDISTLOCK_TOKEN=%s\nDISTLOCK_FENCE=%s\n", shellQuote(*key), shellQuote(l.Token()), fence)
+		// export: the variables must reach the distlock commands the
+		// script runs next (release and extend read $DISTLOCK_TOKEN).
+		fmt.Fprintf(env.stdout, "export DISTLOCK_KEY=%s\nexport DISTLOCK_TOKEN=%s\nexport DISTLOCK_FENCE=%s\n", shellQuote(*key), shellQuote(l.Token()), fence)
 	default:
 		fmt.Fprintln(env.stdout, l.Token())
 	}
@@ -198,9 +215,12 @@ func detachedProblem(raw string, caps distlock.Capabilities) string {
 	return ""
 }
 
-// shellQuote quotes s for a POSIX shell.
+// shellQuote quotes s for a POSIX shell: left alone when it holds only
+// characters no shell treats specially, else in single quotes (inside
+// which nothing is special); a quote mark inside is written as the four
+// characters quote, backslash, quote, quote.
 func shellQuote(s string) string {
-	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:/@%+=,") == "" {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:/@%+,") == "" {
 		return s
 	}
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
@@ -284,27 +304,57 @@ func runExtend(ctx context.Context, env *cliEnv, args []string) int {
 	return exitOK
 }
 
+// lockState is what status reports about one lock, read without changing
+// it.
+type lockState struct {
+	Held        bool          // some token holds the lock
+	HeldByToken bool          // the token given holds it
+	TTL         time.Duration // time left on the lock (0: unknown)
+	Fence       uint64        // the holder's fencing number (0: unknown or none)
+}
+
+// errInspectUnsupported: no read-only way to look at a lock is available.
+var errInspectUnsupported = errors.New("read-only inspection of a lock is not supported by this build of distlock; 'distlock extend --key KEY' tells whether the token holds it, but resets its TTL")
+
+// inspectLock reads the state of key, and whether token holds it, without
+// changing anything on the backend: no extend, acquire or release.
+//
+// TODO(issue 13, lead): wire (*distlock.Manager).Inspect(ctx, key) here once
+// it is merged: call it, map distlock.LockInfo onto lockState (held,
+// held by token, TTL left, fence), and map its "not supported by this
+// backend" error onto errInspectUnsupported. runStatus needs no other
+// change; TestStatusNeverChangesTTL then also covers the held/not-held
+// answers (see the TODO there).
+func inspectLock(ctx context.Context, m *distlock.Manager, key, token string) (lockState, error) {
+	_, _, _, _ = ctx, m, key, token
+	return lockState{}, errInspectUnsupported
+}
+
 func runStatus(ctx context.Context, env *cliEnv, args []string) int {
 	const cmdName = "distlock status"
-	fs := newFlags("status", "[--key KEY --token TOKEN [--ttl D]] [flags]", statusHelp)
+	fs := newFlags("status", "[--key KEY [--token TOKEN]] [flags]", statusHelp)
 	var c common
 	c.register(fs)
-	key, ttl := keyFlags(fs, "with --key and a token: the TTL the check sets (it extends the lock)")
-	tokenFlag := fs.String("token", "", "with --key: check whether this token holds the lock; '-' reads stdin (default $DISTLOCK_TOKEN)")
+	key := fs.String("key", "", "report on this lock (read-only: its TTL is never changed)")
+	tokenFlag := fs.String("token", "", "with --key: the token to check; '-' reads stdin (default $DISTLOCK_TOKEN)")
+	// --ttl once set the TTL status extended the lock to; status no longer
+	// extends, and the flag is accepted (and ignored) so scripts keep working.
+	ttl := duration(fs, "ttl", 0, "ignored: status never changes a lock's TTL")
+	_ = fs.MarkHidden("ttl")
 	if code, done := parse(fs, env, args); done {
 		return code
 	}
 	if code, ok := noArgs(env, fs); !ok {
 		return code
 	}
-	if *ttl <= 0 {
-		return usageError(env, cmdName, "--ttl must be positive (got %v)", *ttl)
+	if fs.Changed("ttl") {
+		fmt.Fprintf(env.stderr, "%s: --ttl %v is ignored: status never changes a lock's TTL (use 'distlock extend')\n", cmdName, *ttl)
 	}
 	var token string
 	if *key != "" {
 		var err error
 		if token, err = readToken(env, *tokenFlag); err != nil {
-			return usageError(env, cmdName, "%v (who else holds a key cannot be learned without taking the lock)", err)
+			return usageError(env, cmdName, "%v", err)
 		}
 	} else if *tokenFlag != "" {
 		return usageError(env, cmdName, "--token needs --key")
@@ -338,35 +388,45 @@ func runStatus(ctx context.Context, env *cliEnv, args []string) int {
 	reachable := perr == nil || errors.Is(perr, distlock.ErrNotHeld)
 	out["reachable"] = reachable
 	out["round_trip"] = rtt.Round(time.Microsecond).String()
+	exit := exitOK
 	if !reachable {
 		out["error"] = perr.Error()
-	}
-	exit := exitOK
-	var held *bool
-	if reachable && *key != "" {
-		ectx, cancel := context.WithTimeout(ctx, opTimeout)
-		err := m.Extend(ectx, *key, token, *ttl)
-		cancel()
-		switch {
-		case err == nil:
-			h := true
-			held = &h
-		case errors.Is(err, distlock.ErrNotHeld):
-			h := false
-			held, exit = &h, exitNotHeld
-		default:
-			out["error"] = err.Error()
-			exit = exitCode(err)
-		}
-		out["key"] = *key
-		if held != nil {
-			out["held"] = *held
-		}
-	}
-	if !reachable {
 		exit = exitCode(perr)
 	}
+	var (
+		st   lockState
+		serr error
+	)
+	if reachable && *key != "" {
+		ictx, cancel := context.WithTimeout(ctx, opTimeout)
+		st, serr = inspectLock(ictx, m, *key, token)
+		cancel()
+		out["key"] = *key
+		switch {
+		case errors.Is(serr, errInspectUnsupported):
+			out["inspect"] = "unsupported"
+			out["error"] = serr.Error()
+			exit = exitError
+		case serr != nil:
+			out["error"] = serr.Error()
+			exit = exitCode(serr)
+		default:
+			out["held"] = st.HeldByToken
+			if st.TTL > 0 {
+				out["ttl"] = st.TTL.Round(time.Millisecond).String()
+			}
+			if st.Fence > 0 {
+				out["fence"] = st.Fence
+			}
+			if !st.HeldByToken {
+				exit = exitNotHeld
+			}
+		}
+	}
 	out["ok"] = exit == exitOK
+	if exit != exitOK {
+		out["code"], out["exit_code"] = errorCode(exit), exit
+	}
 
 	if c.json {
 		writeJSON(env.stdout, out)
@@ -383,14 +443,22 @@ func runStatus(ctx context.Context, env *cliEnv, args []string) int {
 	} else {
 		fmt.Fprintf(w, "reachable:    no: %v\n", perr)
 	}
-	if *key != "" && held != nil {
-		if *held {
-			fmt.Fprintf(w, "lock %q:  held by the token (TTL reset to %v)\n", *key, caps.RoundTTL(*ttl))
-		} else {
-			fmt.Fprintf(w, "lock %q:  NOT held by the token\n", *key)
+	if reachable && *key != "" {
+		switch {
+		case serr != nil:
+			fmt.Fprintf(w, "lock %q:  unknown: %v\n", *key, serr)
+			fmt.Fprintf(env.stderr, "%s: %v\n", cmdName, serr)
+		case st.HeldByToken:
+			fmt.Fprintf(w, "lock %q:  held by the token", *key)
+			if st.TTL > 0 {
+				fmt.Fprintf(w, " (%v left)", st.TTL.Round(time.Millisecond))
+			}
+			fmt.Fprintln(w)
+		case st.Held:
+			fmt.Fprintf(w, "lock %q:  held by another token\n", *key)
+		default:
+			fmt.Fprintf(w, "lock %q:  not held\n", *key)
 		}
-	} else if s, ok := out["error"]; ok && reachable {
-		fmt.Fprintf(w, "lock %q:  unknown: %v\n", *key, s)
 	}
 	return exit
 }
