@@ -148,4 +148,9 @@ type LockInfo struct {
 	// Fence is the fencing number of the current grant; zero when the key
 	// is free, the backend does not fence, or it cannot tell.
 	Fence uint64
+	// Holder is the token that holds the key, where the backend can tell
+	// (empty when the key is free, or on PostgreSQL for a lock held through
+	// another instance). Tokens release locks: treat it as a secret, as
+	// the Manager does (it never logs or records one).
+	Holder string
 }

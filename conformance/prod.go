@@ -107,6 +107,9 @@ var inspectCases = []Case{
 			if e.Caps.Fencing && info.Fence != l.Fence() && (m == m1 || info.Fence != 0) {
 				t.Fatalf("Inspect by %s: fence %d, want %d", name, info.Fence, l.Fence())
 			}
+			if info.Holder != l.Token() && (m == m1 || info.Holder != "") {
+				t.Fatalf("Inspect by %s: holder %q, want the lock's token", name, info.Holder)
+			}
 		}
 		if err := l.Release(t.Context()); err != nil {
 			t.Fatalf("Release: %v", err)

@@ -25,7 +25,7 @@ func (b *Backend) Inspect(ctx context.Context, key string) (distlock.LockInfo, e
 		return distlock.LockInfo{}, nil
 	}
 	cur := heldBy(resp.Kvs[0])
-	info := distlock.LockInfo{Held: true, Fence: uint64(max(cur.fence, 0))}
+	info := distlock.LockInfo{Held: true, Fence: uint64(max(cur.fence, 0)), Holder: cur.token}
 	if cur.lease == clientv3.NoLease {
 		return info, nil // no lease: no expiry (not a key this package wrote)
 	}

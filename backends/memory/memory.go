@@ -259,7 +259,7 @@ func (b *backend) Inspect(ctx context.Context, key string) (distlock.LockInfo, e
 	if e == nil {
 		return distlock.LockInfo{}, nil
 	}
-	return distlock.LockInfo{Held: true, TTL: e.expiry.Sub(now), Fence: e.fence}, nil
+	return distlock.LockInfo{Held: true, TTL: e.expiry.Sub(now), Fence: e.fence, Holder: e.token}, nil
 }
 
 func (b *backend) Capabilities() distlock.Capabilities {

@@ -68,7 +68,7 @@ func (b *Backend) Inspect(ctx context.Context, key string) (distlock.LockInfo, e
 	}
 	now := time.Now()
 	if h := b.liveLocked(key, now); h != nil && !h.pending {
-		info := distlock.LockInfo{Held: true, TTL: h.expiry.Sub(now), Fence: h.fence}
+		info := distlock.LockInfo{Held: true, TTL: h.expiry.Sub(now), Fence: h.fence, Holder: h.token}
 		b.mu.Unlock()
 		return info, nil
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/url"
+	"sync"
 	"testing"
 	"time"
 
@@ -32,39 +33,37 @@ func redigoPool(addr string) (rsredis.Pool, func() error) {
 	return rsredigo.NewPool(p), p.Close
 }
 
-// closing closes the redigo pools with the backend.
-type closing struct {
-	distlock.Backend
-	close []func() error
-}
-
-func (c closing) Close() error {
-	err := c.Backend.Close()
-	for _, f := range c.close {
-		err = errors.Join(err, f())
-	}
-	return err
-}
-
 // redigoHarness runs the suite through go-redsync's redigo adaptor: one
 // server (fenced, distlock's scripts through redigo) or several (Redlock,
 // go-redsync's Mutex through redigo).
-type redigoHarness struct{ srvs []*testserver.Redis }
+type redigoHarness struct {
+	srvs   []*testserver.Redis
+	mu     *sync.Mutex
+	closes *[]func() error // the pools, closed when the test ends
+}
+
+func newRedigoHarness(t *testing.T, n int) redigoHarness {
+	h := redigoHarness{srvs: startN(t, n), mu: new(sync.Mutex), closes: new([]func() error)}
+	t.Cleanup(func() {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		for _, c := range *h.closes {
+			_ = c()
+		}
+	})
+	return h
+}
 
 func (h redigoHarness) NewBackend(ctx context.Context) (distlock.Backend, error) {
-	var (
-		pools  []rsredis.Pool
-		closes []func() error
-	)
+	var pools []rsredis.Pool
 	for _, s := range h.srvs {
 		p, c := redigoPool(s.Addr)
-		pools, closes = append(pools, p), append(closes, c)
+		pools = append(pools, p)
+		h.mu.Lock()
+		*h.closes = append(*h.closes, c)
+		h.mu.Unlock()
 	}
-	b, err := redsyncLocker.New(pools)
-	if err != nil {
-		return nil, err
-	}
-	return closing{b, closes}, nil
+	return redsyncLocker.New(pools)
 }
 
 func (h redigoHarness) Stop(context.Context) error {
@@ -91,10 +90,10 @@ func (h redigoHarness) Revoke(ctx context.Context, key string) error {
 // adaptor, on one node and on a Redlock of three masters.
 func TestConformanceRedigo(t *testing.T) {
 	t.Run("SingleNode", func(t *testing.T) {
-		conformance.Run(t, redigoHarness{srvs: startN(t, 1)})
+		conformance.Run(t, newRedigoHarness(t, 1))
 	})
 	t.Run("Redlock3", func(t *testing.T) {
-		conformance.Run(t, redigoHarness{srvs: startN(t, 3)}, conformance.WithShortTTL(time.Second))
+		conformance.Run(t, newRedigoHarness(t, 3), conformance.WithShortTTL(time.Second))
 	})
 }
 

@@ -29,6 +29,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -101,7 +102,9 @@ var (
 	_ distlock.Backend         = (*Backend)(nil)
 	_ distlock.ReleaseNotifier = (*Backend)(nil)
 	_ distlock.Transferer      = (*Backend)(nil)
+	_ distlock.Inspector       = (*Backend)(nil)
 	_ distlock.Backend         = (*Redlock)(nil)
+	_ distlock.Inspector       = (*Redlock)(nil)
 )
 
 // Redlock is the distlock backend over N independent Redis masters, run by
@@ -334,6 +337,72 @@ func (c *core) Release(ctx context.Context, key, token string) error {
 		return c.failure(err, distlock.ErrNotHeld)
 	}
 	return nil
+}
+
+// Inspect implements distlock.Inspector with GET and PTTL on every master
+// (read-only: nothing is written, no TTL reset). On Redlock the key is held
+// when a quorum of masters hold the same token; the TTL is the shortest
+// among them.
+func (c *core) Inspect(ctx context.Context, key string) (distlock.LockInfo, error) {
+	if err := c.checkKey(key); err != nil {
+		return distlock.LockInfo{}, err
+	}
+	type copyOf struct {
+		v   string
+		ttl time.Duration
+	}
+	var (
+		copies = make([]copyOf, 0, len(c.pools))
+		failed []error
+	)
+	for _, p := range c.pools {
+		v, ttl, err := func() (string, time.Duration, error) {
+			conn, err := p.Get(ctx)
+			if err != nil {
+				return "", 0, err
+			}
+			defer conn.Close()
+			v, err := conn.Get(key)
+			if err != nil || v == "" {
+				return "", 0, err
+			}
+			ttl, err := conn.PTTL(key)
+			return v, ttl, err
+		}()
+		if err != nil {
+			failed = append(failed, err)
+			continue
+		}
+		if v != "" && ttl != -2 && ttl != -2*time.Millisecond { // -2 (go-redis, redigo): gone meanwhile
+			copies = append(copies, copyOf{v, ttl})
+		}
+	}
+	for _, a := range copies {
+		n, ttl := 0, a.ttl
+		for _, b := range copies {
+			if b.v == a.v {
+				n++
+				ttl = min(ttl, b.ttl)
+			}
+		}
+		if n < c.quorum {
+			continue
+		}
+		info := distlock.LockInfo{Held: true, Holder: a.v, TTL: max(ttl, 0)}
+		if c.fenced {
+			fence, tok, ok := strings.Cut(a.v, ":")
+			if ok {
+				info.Holder = tok
+				f, _ := strconv.ParseUint(strings.TrimSuffix(fence, "w"), 10, 64)
+				info.Fence = f
+			}
+		}
+		return info, nil
+	}
+	if len(failed) > len(c.pools)-c.quorum {
+		return distlock.LockInfo{}, classify(errors.Join(failed...))
+	}
+	return distlock.LockInfo{}, nil
 }
 
 // Capabilities reports fencing (single node unless WithoutFencing),

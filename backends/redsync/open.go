@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/distlock/distlock"
@@ -36,10 +38,27 @@ func init() {
 	distlock.Register("redlocks", openRedlock)
 }
 
+// quietRedisOnce routes go-redis's own log lines (dial failures, pool
+// warnings) away from stderr the first time distlock creates a go-redis
+// client from a URL: go-redis has one process-wide logger, so it becomes
+// slog.Default() at Debug level (invisible unless the application enables
+// Debug). An application that sets its own with redis.SetLogger after Open
+// keeps it. distlock's own errors already say what went wrong, once.
+var quietRedisOnce sync.Once
+
+type slogRedis struct{}
+
+func (slogRedis) Printf(ctx context.Context, format string, v ...any) {
+	slog.Default().DebugContext(ctx, fmt.Sprintf(format, v...), "component", "go-redis")
+}
+
+func quietRedis() { quietRedisOnce.Do(func() { redis.SetLogger(slogRedis{}) }) }
+
 // openPingTimeout bounds the ping of Open when ctx has no deadline.
 const openPingTimeout = 5 * time.Second
 
 func openRedis(ctx context.Context, u *url.URL) (distlock.Backend, error) {
+	quietRedis()
 	var bopts []Option
 	q := u.Query()
 	if q.Has("fencing") {
@@ -68,6 +87,7 @@ func openRedis(ctx context.Context, u *url.URL) (distlock.Backend, error) {
 }
 
 func openRedlock(ctx context.Context, u *url.URL) (distlock.Backend, error) {
+	quietRedis()
 	scheme := "redis"
 	if strings.EqualFold(u.Scheme, "redlocks") {
 		scheme = "rediss"
@@ -83,11 +103,11 @@ func openRedlock(ctx context.Context, u *url.URL) (distlock.Backend, error) {
 	q.Del("addr")
 	seen := make(map[string]bool, len(addrs))
 	for _, a := range addrs {
-		if k := strings.ToLower(a); seen[k] {
+		k := strings.ToLower(a)
+		if seen[k] {
 			return nil, fmt.Errorf("%w: redlock URL lists master %s twice: its masters must be independent servers", distlock.ErrInvalidArgument, a)
-		} else {
-			seen[k] = true
 		}
+		seen[k] = true
 	}
 	if len(addrs) == 0 {
 		return nil, fmt.Errorf("%w: redlock URL names no master (redlock://h1:p1,h2:p2,h3:p3)", distlock.ErrInvalidArgument)

@@ -314,20 +314,25 @@ type lockState struct {
 }
 
 // errInspectUnsupported: no read-only way to look at a lock is available.
-var errInspectUnsupported = errors.New("read-only inspection of a lock is not supported by this build of distlock; 'distlock extend --key KEY' tells whether the token holds it, but resets its TTL")
+var errInspectUnsupported = errors.New("this backend cannot inspect a lock read-only; 'distlock extend --key KEY' tells whether the token holds it, but resets its TTL")
 
 // inspectLock reads the state of key, and whether token holds it, without
-// changing anything on the backend: no extend, acquire or release.
-//
-// TODO(issue 13, lead): wire (*distlock.Manager).Inspect(ctx, key) here once
-// it is merged: call it, map distlock.LockInfo onto lockState (held,
-// held by token, TTL left, fence), and map its "not supported by this
-// backend" error onto errInspectUnsupported. runStatus needs no other
-// change; TestStatusNeverChangesTTL then also covers the held/not-held
-// answers (see the TODO there).
+// changing anything on the backend (Manager.Inspect: no extend, acquire or
+// release).
 func inspectLock(ctx context.Context, m *distlock.Manager, key, token string) (lockState, error) {
-	_, _, _, _ = ctx, m, key, token
-	return lockState{}, errInspectUnsupported
+	info, err := m.Inspect(ctx, key)
+	if errors.Is(err, distlock.ErrUnsupported) {
+		return lockState{}, errInspectUnsupported
+	}
+	if err != nil {
+		return lockState{}, err
+	}
+	return lockState{
+		Held:        info.Held,
+		HeldByToken: info.Held && token != "" && info.Holder == token,
+		TTL:         info.TTL,
+		Fence:       info.Fence,
+	}, nil
 }
 
 func runStatus(ctx context.Context, env *cliEnv, args []string) int {
