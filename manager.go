@@ -23,8 +23,8 @@ type Manager struct {
 	transferer Transferer
 	cfg        managerConfig
 	obs        *observer // logs, metrics, traces: observe.go
-	unmet      error  // why the backend fails Require, if it does
-	where      string // scheme://host when opened by URL, for errors
+	unmet      error     // why the backend fails Require, if it does
+	where      string    // scheme://host when opened by URL, for errors
 
 	qmu     sync.Mutex
 	queues  map[string]*keyQueue // goroutines waiting for a key, see handoff.go

@@ -12,7 +12,7 @@ type managerConfig struct {
 
 	handoffLimit int
 
-	obs obsConfig // observe.go
+	obs     obsConfig     // observe.go
 	require []Requirement // see Require
 }
 
