@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v pgbouncer >/dev/null 2>&1 || need+=(pgbouncer) # the CLI's pooler-warning test
+command -v ldd >/dev/null 2>&1 || need+=(libc-bin) # distlocktest.BuildImage lists a binary's libraries with it
 if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   need+=(postgresql)
 fi
@@ -21,4 +22,13 @@ fi
 
 go vet ./...
 (cd bench && go vet ./...) # the benchmark module (its own go.mod): keep it compiling
-go test -race -count=1 -timeout 20m ./...
+# The conformance suite on Redis in a container that testcontainers-go starts on this machine's
+# Docker engine, from an image the test builds here out of the installed redis-server (no registry
+# needed). Verbose, so that its result shows; it skips, saying so, where no Docker engine answers.
+out=$(mktemp)
+if ! go test -race -count=1 -timeout 10m -v -run '^TestContainerConformance$' ./distlocktest/ >"$out" 2>&1; then
+  cat "$out"; rm -f "$out"; exit 1
+fi
+grep -E '^(--- |ok )|started by testcontainers-go|no Docker engine' "$out" || true
+rm -f "$out"
+go test -race -count=1 -timeout 20m -skip '^TestContainerConformance$' ./...
