@@ -129,6 +129,7 @@ func (c *Container) Start(ctx context.Context) error {
 type containerSpec struct {
 	what   string // for messages: "Redis"
 	image  string
+	envVar string   // the environment variable that overrides the image
 	port   string   // the server's port in the container: "6379/tcp"
 	entry  []string // replaces the image's entrypoint, if set
 	env    map[string]string
@@ -162,6 +163,10 @@ func startContainer(t testing.TB, spec containerSpec) *Container {
 			return c
 		}
 		lastErr = err
+		if errors.Is(err, errPull) {
+			Unavailable(t, spec.what+" image "+spec.image, fmt.Sprintf(
+				"Docker could not pull it (%v); set %s to an image this engine has (distlocktest.BuildImage makes one from local executables)", err, spec.envVar))
+		}
 		if !strings.Contains(err.Error(), "allocated") && !strings.Contains(err.Error(), "address already in use") {
 			break
 		}
@@ -197,6 +202,9 @@ func runContainer(ctx context.Context, t testing.TB, spec containerSpec, hostPor
 		Started: true,
 		Logger:  logger,
 	}
+	if err := ensureImage(ctx, spec.image, logger); err != nil {
+		return nil, err
+	}
 	c, err := testcontainers.GenericContainer(ctx, req)
 	if c != nil {
 		t.Cleanup(func() { _ = testcontainers.TerminateContainer(c) })
@@ -210,6 +218,29 @@ func runContainer(ctx context.Context, t testing.TB, spec containerSpec, hostPor
 		return nil, fmt.Errorf("%w; container log: %s", err, logs)
 	}
 	return out, nil
+}
+
+// errPull marks a container that could not start because its image could
+// not be pulled.
+var errPull = errors.New("image not available")
+
+// ensureImage pulls image unless the engine has it already, within two
+// minutes; a failure is errPull.
+func ensureImage(ctx context.Context, image string, logger tclog.Logger) error {
+	p, err := testcontainers.NewDockerProvider(testcontainers.WithLogger(logger))
+	if err != nil {
+		return fmt.Errorf("testcontainers: %w", err)
+	}
+	defer p.Close()
+	if _, err := p.Client().ImageInspect(ctx, image); err == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	if err := p.PullImage(ctx, image); err != nil {
+		return fmt.Errorf("%w: %w", errPull, err)
+	}
+	return nil
 }
 
 // waitReady polls ready until it succeeds, at most for two minutes.
@@ -330,7 +361,7 @@ func BuildImage(ctx context.Context, executables ...string) (string, error) {
 	repo, tag := "distlocktest/"+name, hex.EncodeToString(h.Sum(nil))[:16]
 	ref := repo + ":" + tag
 
-	p, err := testcontainers.NewDockerProvider()
+	p, err := testcontainers.NewDockerProvider(testcontainers.WithLogger(quiet{}))
 	if err != nil {
 		return "", fmt.Errorf("distlocktest: docker: %w", err)
 	}
@@ -350,6 +381,11 @@ func BuildImage(ctx context.Context, executables ...string) (string, error) {
 	}
 	return ref, nil
 }
+
+// quiet is a testcontainers-go logger that drops everything.
+type quiet struct{}
+
+func (quiet) Printf(string, ...any) {}
 
 // sharedLibraries returns the absolute paths of the shared libraries ldd
 // lists for exe, the dynamic loader included; none for a static executable.

@@ -76,10 +76,11 @@ func startEmbeddedEtcd(t testing.TB, n int) (*EtcdServer, error) {
 func EtcdContainer(t testing.TB, image string) *Container {
 	t.Helper()
 	return startContainer(t, containerSpec{
-		what:  "etcd",
-		image: imageFor(image, EtcdImageEnv, DefaultEtcdImage),
-		port:  "2379/tcp",
-		entry: []string{"/usr/local/bin/etcd"},
+		what:   "etcd",
+		image:  imageFor(image, EtcdImageEnv, DefaultEtcdImage),
+		envVar: EtcdImageEnv,
+		port:   "2379/tcp",
+		entry:  []string{"/usr/local/bin/etcd"},
 		cmd: func(addr string) []string {
 			return []string{
 				"--name=distlocktest",

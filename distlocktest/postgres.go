@@ -317,10 +317,11 @@ func tail(s string, n int) string {
 func PostgresContainer(t testing.TB, image string) *Container {
 	t.Helper()
 	return startContainer(t, containerSpec{
-		what:  "PostgreSQL",
-		image: imageFor(image, PostgresImageEnv, DefaultPostgresImage),
-		port:  "5432/tcp",
-		env:   map[string]string{"POSTGRES_PASSWORD": PostgresPassword},
+		what:   "PostgreSQL",
+		image:  imageFor(image, PostgresImageEnv, DefaultPostgresImage),
+		envVar: PostgresImageEnv,
+		port:   "5432/tcp",
+		env:    map[string]string{"POSTGRES_PASSWORD": PostgresPassword},
 		cmd: func(string) []string {
 			return []string{"postgres", "-c", "fsync=off", "-c", "synchronous_commit=off",
 				"-c", "full_page_writes=off", "-c", "max_connections=300"}

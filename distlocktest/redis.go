@@ -312,9 +312,10 @@ func StartRedisN(t testing.TB, n int, opts RedisOptions) []*RedisServer {
 func RedisContainer(t testing.TB, image string) *Container {
 	t.Helper()
 	return startContainer(t, containerSpec{
-		what:  "Redis",
-		image: imageFor(image, RedisImageEnv, DefaultRedisImage),
-		port:  "6379/tcp",
+		what:   "Redis",
+		image:  imageFor(image, RedisImageEnv, DefaultRedisImage),
+		envVar: RedisImageEnv,
+		port:   "6379/tcp",
 		cmd: func(string) []string {
 			return []string{"--port", "6379", "--bind", "0.0.0.0", "--protected-mode", "no",
 				"--save", "", "--appendonly", "no", "--loglevel", "warning"}
