@@ -2,9 +2,11 @@ package distlocktest_test
 
 import (
 	"context"
+	"os/exec"
 	"testing"
 	"time"
 
+	_ "github.com/distlock/distlock/backends/etcd"    // etcd://
 	_ "github.com/distlock/distlock/backends/redsync" // redis://
 	"github.com/distlock/distlock/conformance"
 	"github.com/distlock/distlock/distlocktest"
@@ -40,5 +42,25 @@ func TestContainerConformance(t *testing.T) {
 	}
 	c := distlocktest.RedisContainer(t, redisImage(t))
 	t.Logf("conformance suite on %s: container %.12s, image %s, started by testcontainers-go", c.URL(), c.ID, c.Image)
+	conformance.Run(t, conformance.URL(c.URL(), conformance.WithStopper(c)))
+}
+
+// TestEtcdContainerConformance runs the suite on etcd in a container, from
+// an image built here from the machine's etcd binary (Debian: apt-get
+// install etcd-server; scripts/test.sh installs it); the outage cases stop
+// and start the container.
+func TestEtcdContainerConformance(t *testing.T) {
+	if !distlocktest.DockerAvailable() {
+		t.Skip("no Docker engine answers (" + distlocktest.DockerHowTo + "): the testcontainers-go path cannot run here")
+	}
+	image := ""
+	if bin, err := exec.LookPath("etcd"); err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+		defer cancel()
+		if image, err = distlocktest.BuildImage(ctx, bin+"=/usr/local/bin/etcd"); err != nil {
+			t.Fatalf("build an image from %s: %v", bin, err)
+		}
+	}
+	c := distlocktest.EtcdContainer(t, image)
 	conformance.Run(t, conformance.URL(c.URL(), conformance.WithStopper(c)))
 }

@@ -285,37 +285,54 @@ func imageFor(explicit, env, def string) string {
 }
 
 // BuildImage builds a Docker image for machines that cannot pull one: FROM
-// scratch, holding the given executables of this machine at their own
-// paths and every shared library ldd lists for them, with the first
-// executable as the entrypoint. It returns the image's reference,
-// distlocktest/NAME:HASH (NAME the first executable's base name, HASH over
-// the files' contents); an image already built under that reference is
-// reused. It needs ldd (a dynamically linked executable) and a Docker
-// engine, and builds through testcontainers-go (the Docker API), not the
-// docker command.
+// scratch, holding the given executables of this machine and every shared
+// library ldd lists for them, with the first executable as the
+// entrypoint. An executable lands at its own path in the image, or at the
+// path after "=" ("/usr/bin/etcd=/usr/local/bin/etcd"); libraries land at
+// their own paths. It returns the image's reference,
+// distlocktest/NAME:HASH (NAME the entrypoint's base name, HASH over the
+// files and their paths); an image already built under that reference is
+// reused. It needs ldd and a Docker engine, and builds through
+// testcontainers-go (the Docker API), not the docker command.
 //
-// The kit's own tests use it to run the machine's redis-server in a
-// container; point RedisImageEnv (or EtcdImageEnv, with an etcd binary) at
-// the result to have the kit use it.
+// The kit's own tests use it to run the machine's redis-server and etcd in
+// containers:
+//
+//	ref, err := distlocktest.BuildImage(ctx, "/usr/bin/redis-server")
+//	c := distlocktest.RedisContainer(t, ref)
+//
+// An etcd image for EtcdContainer needs etcd at /usr/local/bin/etcd, as the
+// official image has it: BuildImage(ctx, "/usr/bin/etcd=/usr/local/bin/etcd").
 func BuildImage(ctx context.Context, executables ...string) (string, error) {
 	if len(executables) == 0 {
 		return "", errors.New("distlocktest: BuildImage: no executable")
 	}
 	noReaper()
-	files := map[string]bool{}
+	files := map[string]string{} // path in the image → path here
 	var libDirs []string
-	for _, exe := range executables {
-		abs, err := filepath.Abs(exe)
+	var entry string
+	for i, arg := range executables {
+		src, dst, _ := strings.Cut(arg, "=")
+		abs, err := filepath.Abs(src)
 		if err != nil {
 			return "", err
 		}
-		files[abs] = true
+		if dst == "" {
+			dst = abs
+		}
+		if !filepath.IsAbs(dst) {
+			return "", fmt.Errorf("distlocktest: BuildImage: %q: the path in the image must be absolute", arg)
+		}
+		if i == 0 {
+			entry = dst
+		}
+		files[dst] = abs
 		libs, err := sharedLibraries(ctx, abs)
 		if err != nil {
 			return "", err
 		}
 		for _, l := range libs {
-			files[l] = true
+			files[l] = l
 			if d := filepath.Dir(l); !slices.Contains(libDirs, d) {
 				libDirs = append(libDirs, d)
 			}
@@ -326,8 +343,11 @@ func BuildImage(ctx context.Context, executables ...string) (string, error) {
 		paths = append(paths, p)
 	}
 	slices.Sort(paths)
-	entry, _ := filepath.Abs(executables[0])
-	dockerfile := fmt.Sprintf("FROM scratch\nCOPY rootfs/ /\nENV LD_LIBRARY_PATH=%s\nENTRYPOINT [%q]\n", strings.Join(libDirs, ":"), entry)
+	dockerfile := "FROM scratch\nCOPY rootfs/ /\n"
+	if len(libDirs) > 0 {
+		dockerfile += "ENV LD_LIBRARY_PATH=" + strings.Join(libDirs, ":") + "\n"
+	}
+	dockerfile += fmt.Sprintf("ENTRYPOINT [%q]\n", entry)
 
 	var archive bytes.Buffer
 	tw := tar.NewWriter(&archive)
@@ -344,7 +364,7 @@ func BuildImage(ctx context.Context, executables ...string) (string, error) {
 		return "", err
 	}
 	for _, p := range paths {
-		body, err := os.ReadFile(p) // follows symlinks: the image gets the file itself
+		body, err := os.ReadFile(files[p]) // follows symlinks: the image gets the file itself
 		if err != nil {
 			return "", err
 		}

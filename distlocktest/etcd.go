@@ -90,7 +90,6 @@ func EtcdContainer(t testing.TB, image string) *Container {
 				"--listen-peer-urls=http://127.0.0.1:2380",
 				"--initial-advertise-peer-urls=http://127.0.0.1:2380",
 				"--initial-cluster=distlocktest=http://127.0.0.1:2380",
-				"--log-level=warn",
 			}
 		},
 		url:   func(addr string) string { return "etcd://" + addr },
