@@ -204,7 +204,7 @@ func Check(ctx context.Context, h Harness, opts ...Option) ([]Result, error) {
 	return results, nil
 }
 
-// Env returns the settings Check or Run would use with these options: the
+// Describe returns the settings Check or Run would use with these options: the
 // backend's capabilities and TTLs. Tools print it beside the results.
 func Describe(ctx context.Context, h Harness, opts ...Option) (*Env, error) {
 	return newEnv(ctx, h, opts)

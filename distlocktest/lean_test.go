@@ -41,4 +41,19 @@ func TestLibraryStaysLean(t *testing.T) {
 		}
 		t.Logf("go list -deps %s: %d packages, none of %v", pkg, len(deps), forbidden)
 	}
+	// The check sees them where they are: in the kit.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, goBin, "list", "-deps", "github.com/distlock/distlock/distlocktest")
+	cmd.Dir = repoRoot(t)
+	cmd.Env = goEnv()
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range forbidden[:2] {
+		if !strings.Contains(string(out), f+"\n") && !strings.Contains(string(out), f+"/") {
+			t.Errorf("go list -deps of the kit does not show %s: the check is blind", f)
+		}
+	}
 }
