@@ -66,16 +66,12 @@ func RedisBinary() string {
 	return ""
 }
 
-// RedisURL returns the URL of a Redis server for tests that only need one
-// to talk to: the one named by DISTLOCK_TEST_REDIS_URL, or a redis-server
-// started for the test (stopped at its end). Without either it fails the
-// test under CI=true and skips it elsewhere.
+// RedisURL is Redis, under the name this kit had inside the repository.
+//
+// Deprecated: use Redis.
 func RedisURL(t testing.TB) string {
 	t.Helper()
-	if u := os.Getenv(RedisURLEnv); u != "" {
-		return u
-	}
-	return "redis://" + StartRedis(t, RedisOptions{}).Addr
+	return Redis(t)
 }
 
 // StartRedis starts a redis-server on a free loopback port and removes it

@@ -52,8 +52,8 @@ func NewRedis(opts RedisOptions) (*Redis, error) { return distlocktest.NewRedis(
 // RedisBinary is distlocktest.RedisBinary.
 func RedisBinary() string { return distlocktest.RedisBinary() }
 
-// RedisURL is distlocktest.RedisURL.
-func RedisURL(t testing.TB) string { t.Helper(); return distlocktest.RedisURL(t) }
+// RedisURL is distlocktest.Redis.
+func RedisURL(t testing.TB) string { t.Helper(); return distlocktest.Redis(t) }
 
 // StartRedisCluster is distlocktest.StartRedisCluster.
 func StartRedisCluster(t testing.TB, n int) *RedisCluster {
