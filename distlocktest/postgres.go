@@ -71,7 +71,7 @@ func StartPostgres(t testing.TB) *PostgresServer {
 	t.Cleanup(p.cleanup)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	if err := p.Start(ctx); err != nil {
+	if err := p.startOnFreePort(ctx); err != nil {
 		t.Fatalf("starting postgres: %v", err)
 	}
 	return p
@@ -88,7 +88,7 @@ func NewPostgres(ctx context.Context) (*PostgresServer, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := p.Start(ctx); err != nil {
+	if err := p.startOnFreePort(ctx); err != nil {
 		p.cleanup()
 		return nil, err
 	}
@@ -146,7 +146,7 @@ func newPostgres(bin string) (*PostgresServer, error) {
 		return nil, err
 	}
 	p := &PostgresServer{bin: bin, dir: dir, Port: port}
-	p.URL = fmt.Sprintf("postgres://postgres:%s@127.0.0.1:%d/postgres?sslmode=disable", PostgresPassword, port)
+	p.setPort(port)
 	// initdb and postgres refuse to run as root: run them as the
 	// postgres system user (or nobody) instead.
 	if os.Geteuid() == 0 {
@@ -193,6 +193,29 @@ func unprivileged() (*syscall.Credential, error) {
 		return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, nil
 	}
 	return nil, errors.New("running as root and no unprivileged user (postgres, nobody) to run postgres as")
+}
+
+func (p *PostgresServer) setPort(port int) {
+	p.Port = port
+	p.URL = fmt.Sprintf("postgres://postgres:%s@127.0.0.1:%d/postgres?sslmode=disable", PostgresPassword, port)
+}
+
+// startOnFreePort starts the server the first time: when its port was
+// taken since FreePort chose it (other processes share the machine), it
+// tries another one, three times at most.
+func (p *PostgresServer) startOnFreePort(ctx context.Context) error {
+	var err error
+	for range 3 {
+		if err = p.Start(ctx); err == nil || !strings.Contains(err.Error(), "could not create") {
+			return err
+		}
+		port, perr := FreePort()
+		if perr != nil {
+			return errors.Join(err, perr)
+		}
+		p.setPort(port)
+	}
+	return err
 }
 
 // Start starts the server (again) on its port and waits until it accepts
