@@ -37,7 +37,7 @@ import (
 
 	"github.com/distlock/distlock"
 	redsyncLocker "github.com/distlock/distlock/backends/redsync"
-	"github.com/distlock/distlock/internal/testserver"
+	"github.com/distlock/distlock/distlocktest"
 )
 
 // redisBenchTTL is the TTL of every lock the Redis rows take.
@@ -49,7 +49,7 @@ const redisContendedFor = 5 * time.Second
 // redisAddr returns the address of the server for one top-level benchmark.
 func redisAddr(b *testing.B) string {
 	b.Helper()
-	for _, env := range []string{"DISTLOCK_BENCH_REDIS_URL", testserver.RedisURLEnv} {
+	for _, env := range []string{"DISTLOCK_BENCH_REDIS_URL", distlocktest.RedisURLEnv} {
 		if raw := os.Getenv(env); raw != "" {
 			opts, err := redis.ParseURL(raw)
 			if err != nil {
@@ -58,7 +58,7 @@ func redisAddr(b *testing.B) string {
 			return opts.Addr
 		}
 	}
-	return testserver.StartRedis(b, testserver.RedisOptions{}).Addr
+	return distlocktest.StartRedis(b, distlocktest.RedisOptions{}).Addr
 }
 
 func newRedisClient(b *testing.B, addr string) *redis.Client {
@@ -283,7 +283,7 @@ func BenchmarkRedisParallel16(b *testing.B) {
 // BenchmarkRedisRedlock compares one server with Redlock over 3 and 5
 // masters (uncontended acquire+release, 1 goroutine).
 func BenchmarkRedisRedlock(b *testing.B) {
-	srvs := testserver.StartRedisN(b, 5, testserver.RedisOptions{})
+	srvs := distlocktest.StartRedisN(b, 5, distlocktest.RedisOptions{})
 	clients := func(b *testing.B, n int) []redis.UniversalClient {
 		cs := make([]redis.UniversalClient, n)
 		for i := range cs {
@@ -363,7 +363,7 @@ func BenchmarkRedisInterleaved(b *testing.B) {
 // BenchmarkRedisRedlockInterleaved takes turns between one server and
 // Redlock over 3 and 5 masters, for distlock and go-redsync.
 func BenchmarkRedisRedlockInterleaved(b *testing.B) {
-	srvs := testserver.StartRedisN(b, 5, testserver.RedisOptions{})
+	srvs := distlocktest.StartRedisN(b, 5, distlocktest.RedisOptions{})
 	clients := func(n int) []redis.UniversalClient {
 		cs := make([]redis.UniversalClient, n)
 		for i := range cs {

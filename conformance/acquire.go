@@ -158,7 +158,7 @@ var reacquireCases = []Case{
 	}},
 	{Topic: "Reacquire", Name: "KeepsFence", Run: func(t TB, e *Env) {
 		if !e.Caps.Fencing {
-			t.Skipf("backend declares no fencing")
+			t.Skipf("%s", noFencing)
 		}
 		m := e.Manager(t)
 		key := e.Key("reacquire-fence")

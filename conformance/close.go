@@ -66,7 +66,7 @@ var outageCases = []Case{
 	{Topic: "Outage", Name: "UnavailableThenRecovers", Serial: true, Run: func(t TB, e *Env) {
 		st, ok := e.H.(Stopper)
 		if !ok {
-			t.Skipf("harness cannot stop the backend")
+			t.Skipf("%s", noStopper)
 		}
 		m := e.Manager(t)
 		key := e.Key("outage")

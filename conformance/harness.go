@@ -6,6 +6,18 @@
 //		conformance.Run(t, myHarness{})
 //	}
 //
+// Against a deployment of this module's backends, URL is the harness (it
+// also revokes locks as an operator would), and the distlocktest package
+// provides real servers:
+//
+//	func TestLocks(t *testing.T) {
+//		conformance.Run(t, conformance.URL(distlocktest.Redis(t)))
+//	}
+//
+// Most cases run in parallel after Run returns: anything the harness uses
+// (a client, a server) must be closed with t.Cleanup, never with defer in
+// the test function, or the cases find it closed.
+//
 // The same cases run outside go test through Check, which is how
 // `distlock check` verifies a live deployment.
 package conformance
@@ -25,7 +37,8 @@ type Harness interface {
 }
 
 // Stopper is implemented by harnesses that can stop and restart the server,
-// for the outage cases. Locks may or may not survive a restart.
+// for the outage cases. Locks may or may not survive a restart. Proxy gives
+// one for any URL; distlocktest.Container is one.
 type Stopper interface {
 	// Stop makes the server unreachable (kill it, or refuse connections).
 	Stop(ctx context.Context) error
@@ -35,6 +48,21 @@ type Stopper interface {
 
 // Revoker is implemented by harnesses that can delete a lock server-side,
 // whoever holds it, as an operator would: the lock-loss cases use it.
+// RedisRevoker, EtcdRevoker and PostgresRevoker are ready ones for this
+// module's backends; URL includes the right one.
 type Revoker interface {
+	// Revoke takes key away from its holder on the server. It must finish
+	// even when ctx ends meanwhile: a case may end as soon as the holder
+	// notices the loss.
 	Revoke(ctx context.Context, key string) error
 }
+
+// The skip messages of the cases a harness or backend cannot run: each
+// names what would enable the case.
+const (
+	noRevoker = "harness does not implement conformance.Revoker (Revoke(ctx, key) error): " +
+		"conformance.URL has one for redis, redlock, etcd and postgres URLs; see RedisRevoker, EtcdRevoker, PostgresRevoker"
+	noStopper = "harness does not implement conformance.Stopper (Stop(ctx) error, Start(ctx) error): " +
+		"use conformance.URL(url, conformance.WithStopper(s)), with s from conformance.Proxy or a distlocktest.Container"
+	noFencing = "backend declares no fencing (distlock.Capabilities.Fencing is false)"
+)

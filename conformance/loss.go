@@ -36,7 +36,7 @@ var lossCases = []Case{
 	{Topic: "Loss", Name: "SignalWhenTakenAway", Run: func(t TB, e *Env) {
 		rv, ok := e.H.(Revoker)
 		if !ok {
-			t.Skipf("harness cannot revoke locks")
+			t.Skipf("%s", noRevoker)
 		}
 		m, other := e.Manager(t), e.Manager(t)
 		key := e.Key("loss-revoke")
@@ -116,7 +116,7 @@ var lossCases = []Case{
 	{Topic: "Loss", Name: "DoCancelsFnOnLoss", Run: func(t TB, e *Env) {
 		rv, ok := e.H.(Revoker)
 		if !ok {
-			t.Skipf("harness cannot revoke locks")
+			t.Skipf("%s", noRevoker)
 		}
 		m := e.Manager(t)
 		key := e.Key("do-loss")

@@ -110,6 +110,9 @@ func newEnv(ctx context.Context, h Harness, opts []Option) (*Env, error) {
 
 // Run runs every case as a subtest of t (Topic/Name), in parallel except the
 // serial ones, which run first, one at a time.
+//
+// The parallel cases run after Run's own function body has returned, at the
+// end of t: close what the harness needs with t.Cleanup, not with defer.
 func Run(t *testing.T, h Harness, opts ...Option) {
 	t.Helper()
 	e, err := newEnv(t.Context(), h, opts)
@@ -201,7 +204,7 @@ func Check(ctx context.Context, h Harness, opts ...Option) ([]Result, error) {
 	return results, nil
 }
 
-// Env returns the settings Check or Run would use with these options: the
+// Describe returns the settings Check or Run would use with these options: the
 // backend's capabilities and TTLs. Tools print it beside the results.
 func Describe(ctx context.Context, h Harness, opts ...Option) (*Env, error) {
 	return newEnv(ctx, h, opts)

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/distlock/distlock"
-	"github.com/distlock/distlock/internal/testserver"
+	"github.com/distlock/distlock/distlocktest"
 )
 
 // retryUnavailable runs op until it returns something other than
@@ -26,7 +26,7 @@ func retryUnavailable(t *testing.T, d time.Duration, op func(ctx context.Context
 }
 
 func TestClusterLeaderStopped(t *testing.T) {
-	srv := testserver.EtcdCluster(t, 3)
+	srv := distlocktest.EtcdCluster(t, 3)
 	holder := open(t, srv)
 	other := open(t, srv, distlock.WithRetry(distlock.NoRetry()))
 	ctx := ctxT(t, 30*time.Second)
@@ -84,7 +84,7 @@ func TestClusterLeaderStopped(t *testing.T) {
 }
 
 func TestClusterQuorumLost(t *testing.T) {
-	srv := testserver.EtcdCluster(t, 3)
+	srv := distlocktest.EtcdCluster(t, 3)
 	m := open(t, srv)
 	ctx := ctxT(t, 60*time.Second)
 	if _, err := m.Acquire(ctx, "before", 5*time.Second); err != nil {

@@ -10,7 +10,7 @@ import (
 
 	"github.com/distlock/distlock"
 	"github.com/distlock/distlock/backends/etcd"
-	"github.com/distlock/distlock/internal/testserver"
+	"github.com/distlock/distlock/distlocktest"
 	"github.com/distlock/distlock/internal/testwait"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -28,7 +28,7 @@ func newClient(t testing.TB, endpoints []string) *clientv3.Client {
 }
 
 // open returns a Manager over a backend opened from srv's URL.
-func open(t testing.TB, srv *testserver.EtcdServer, opts ...distlock.Option) *distlock.Manager {
+func open(t testing.TB, srv *distlocktest.EtcdServer, opts ...distlock.Option) *distlock.Manager {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -47,7 +47,7 @@ func ctxT(t testing.TB, d time.Duration) context.Context {
 }
 
 func TestAcquireRelease(t *testing.T) {
-	srv := testserver.Etcd(t)
+	srv := distlocktest.StartEtcd(t)
 	a := open(t, srv)
 	b := open(t, srv, distlock.WithRetry(distlock.NoRetry()))
 	ctx := ctxT(t, 20*time.Second)
@@ -97,7 +97,7 @@ func TestAcquireRelease(t *testing.T) {
 }
 
 func TestReacquireNoGap(t *testing.T) {
-	srv := testserver.Etcd(t)
+	srv := distlocktest.StartEtcd(t)
 	cli := newClient(t, srv.Endpoints)
 	m := distlock.New(etcd.New(cli, etcd.WithMinTTL(time.Second)))
 	defer m.Close()
@@ -158,7 +158,7 @@ func TestReacquireNoGap(t *testing.T) {
 }
 
 func TestExtend(t *testing.T) {
-	srv := testserver.Etcd(t)
+	srv := distlocktest.StartEtcd(t)
 	cli := newClient(t, srv.Endpoints)
 	m := distlock.New(etcd.New(cli, etcd.WithMinTTL(time.Second)))
 	defer m.Close()
@@ -193,7 +193,7 @@ func TestExtend(t *testing.T) {
 }
 
 func TestExpiry(t *testing.T) {
-	srv := testserver.Etcd(t)
+	srv := distlocktest.StartEtcd(t)
 	m := open(t, srv, distlock.WithRetry(distlock.NoRetry()))
 	ctx := ctxT(t, 20*time.Second)
 	tok, err := m.Acquire(ctx, "exp", time.Second)
@@ -214,7 +214,7 @@ func TestExpiry(t *testing.T) {
 }
 
 func TestBinaryKeysAndPrefix(t *testing.T) {
-	srv := testserver.Etcd(t)
+	srv := distlocktest.StartEtcd(t)
 	cli := newClient(t, srv.Endpoints)
 	m := distlock.New(etcd.New(cli, etcd.WithPrefix("app/\x00locks/"), etcd.WithMinTTL(time.Second)), distlock.WithRetry(distlock.NoRetry()))
 	defer m.Close()
@@ -240,7 +240,7 @@ func TestBinaryKeysAndPrefix(t *testing.T) {
 }
 
 func TestWaitWakesOnRelease(t *testing.T) {
-	srv := testserver.Etcd(t)
+	srv := distlocktest.StartEtcd(t)
 	a := open(t, srv)
 	// A slow poll: only the watch can wake the waiter quickly.
 	b := open(t, srv, distlock.WithRetry(distlock.LinearBackoff(5*time.Second)))
@@ -276,7 +276,7 @@ func TestWaitWakesOnRelease(t *testing.T) {
 }
 
 func TestContendedNoHerd(t *testing.T) {
-	srv := testserver.Etcd(t)
+	srv := distlocktest.StartEtcd(t)
 	m := open(t, srv)
 	ctx := ctxT(t, 30*time.Second)
 	const n, rounds = 8, 5
@@ -313,7 +313,7 @@ func TestContendedNoHerd(t *testing.T) {
 }
 
 func TestLossWatcher(t *testing.T) {
-	srv := testserver.Etcd(t)
+	srv := distlocktest.StartEtcd(t)
 	cli := newClient(t, srv.Endpoints)
 	m := open(t, srv)
 	ctx := ctxT(t, 20*time.Second)
@@ -385,7 +385,7 @@ func TestLossWatcher(t *testing.T) {
 }
 
 func TestDoAutoRenew(t *testing.T) {
-	srv := testserver.Etcd(t)
+	srv := distlocktest.StartEtcd(t)
 	m := open(t, srv, distlock.WithRenewFraction(0.3))
 	other := open(t, srv, distlock.WithRetry(distlock.NoRetry()))
 	ctx := ctxT(t, 20*time.Second)
@@ -431,7 +431,7 @@ func TestOpenErrors(t *testing.T) {
 }
 
 func TestOpenUnreachable(t *testing.T) {
-	port, err := testserver.FreePort()
+	port, err := distlocktest.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -453,7 +453,7 @@ func TestOpenUnreachable(t *testing.T) {
 }
 
 func TestWrongCredentials(t *testing.T) {
-	srv := testserver.EtcdCluster(t, 1)
+	srv := distlocktest.EtcdCluster(t, 1)
 	cli := newClient(t, srv.Endpoints)
 	ctx := ctxT(t, 20*time.Second)
 	if _, err := cli.UserAdd(ctx, "root", "root-pw"); err != nil {

@@ -8,7 +8,7 @@ import (
 
 	"github.com/distlock/distlock"
 	"github.com/distlock/distlock/backends/etcd"
-	"github.com/distlock/distlock/internal/testserver"
+	"github.com/distlock/distlock/distlocktest"
 	"github.com/distlock/distlock/internal/testwait"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -28,7 +28,7 @@ func lineLen(t *testing.T, cli *clientv3.Client, key string) int {
 // Waiters of different backends (processes) get the lock in the order they
 // started waiting, and a newcomer does not jump the line.
 func TestLineOrderAcrossBackends(t *testing.T) {
-	srv := testserver.Etcd(t)
+	srv := distlocktest.StartEtcd(t)
 	admin := newClient(t, srv.Endpoints)
 	ctx := ctxT(t, 30*time.Second)
 	holder := open(t, srv)
@@ -78,7 +78,7 @@ func TestLineOrderAcrossBackends(t *testing.T) {
 // An entry whose owner never acts (a stuck process) delays the others by
 // the grace period, no more.
 func TestLineStaleEntry(t *testing.T) {
-	srv := testserver.Etcd(t)
+	srv := distlocktest.StartEtcd(t)
 	admin := newClient(t, srv.Endpoints)
 	ctx := ctxT(t, 30*time.Second)
 	k := etcd.DefaultPrefix + "stale"
@@ -132,7 +132,7 @@ func TestLineStaleEntry(t *testing.T) {
 // again per hand-off), and leaves with the release, in the same write,
 // when nobody there waits any more.
 func TestLineEntryFollowsTheLock(t *testing.T) {
-	srv := testserver.Etcd(t)
+	srv := distlocktest.StartEtcd(t)
 	admin := newClient(t, srv.Endpoints)
 	ctx := ctxT(t, 30*time.Second)
 	holder := open(t, srv)

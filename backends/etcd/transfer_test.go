@@ -7,14 +7,14 @@ import (
 
 	"github.com/distlock/distlock"
 	"github.com/distlock/distlock/backends/etcd"
-	"github.com/distlock/distlock/internal/testserver"
+	"github.com/distlock/distlock/distlocktest"
 	"github.com/distlock/distlock/internal/testwait"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // newBackend returns a backend on a client of its own (as a separate
 // process would have), closed when the test ends.
-func newBackend(t *testing.T, srv *testserver.EtcdServer) (*etcd.Backend, *clientv3.Client) {
+func newBackend(t *testing.T, srv *distlocktest.EtcdServer) (*etcd.Backend, *clientv3.Client) {
 	t.Helper()
 	cli := newClient(t, srv.Endpoints)
 	b := etcd.New(cli, etcd.WithMinTTL(time.Second))
@@ -42,7 +42,7 @@ func leaseTTL(t *testing.T, cli *clientv3.Client, k string) int64 {
 // holds nothing, and the new grant behaves as any other (extend and
 // re-acquire keep its fence, a later grant's fence is greater still).
 func TestTransfer(t *testing.T) {
-	srv := testserver.Etcd(t)
+	srv := distlocktest.StartEtcd(t)
 	b, cli := newBackend(t, srv)
 	other, _ := newBackend(t, srv) // cross-instance: knows nothing of the grants
 	ctx := ctxT(t, 30*time.Second)
@@ -123,7 +123,7 @@ func TestTransfer(t *testing.T) {
 // TestTransferExpires: a transferred grant lives by the TTL of the
 // transfer, not the old grant's.
 func TestTransferExpires(t *testing.T) {
-	srv := testserver.Etcd(t)
+	srv := distlocktest.StartEtcd(t)
 	b, cli := newBackend(t, srv)
 	ctx := ctxT(t, 30*time.Second)
 	if _, err := b.Acquire(ctx, "exp", "from", 10*time.Second); err != nil {
@@ -148,7 +148,7 @@ func TestTransferExpires(t *testing.T) {
 // TestTransferNotHeld: a transfer by a token that does not hold the key,
 // or of a free key, is ErrNotHeld and changes nothing.
 func TestTransferNotHeld(t *testing.T) {
-	srv := testserver.Etcd(t)
+	srv := distlocktest.StartEtcd(t)
 	b, cli := newBackend(t, srv)
 	other, _ := newBackend(t, srv)
 	ctx := ctxT(t, 30*time.Second)
@@ -205,7 +205,7 @@ func TestTransferNotHeld(t *testing.T) {
 // out of date (the holder re-acquired through another instance, moving the
 // key to another lease): the transfer still goes through.
 func TestTransferStaleGrant(t *testing.T) {
-	srv := testserver.Etcd(t)
+	srv := distlocktest.StartEtcd(t)
 	b, cli := newBackend(t, srv)
 	other, _ := newBackend(t, srv)
 	ctx := ctxT(t, 30*time.Second)
@@ -235,7 +235,7 @@ func TestTransferStaleGrant(t *testing.T) {
 // grant's loss watch without a loss; the new grant's watch fires when the
 // key is deleted; a transfer through another backend is a loss here.
 func TestTransferLossWatch(t *testing.T) {
-	srv := testserver.Etcd(t)
+	srv := distlocktest.StartEtcd(t)
 	b, cli := newBackend(t, srv)
 	other, _ := newBackend(t, srv)
 	ctx := ctxT(t, 30*time.Second)
@@ -303,7 +303,7 @@ func TestTransferLossWatch(t *testing.T) {
 // TestTransferManager: goroutines of one Manager waiting for a key get it
 // by transfer, in turn, each with a greater fence.
 func TestTransferManager(t *testing.T) {
-	srv := testserver.Etcd(t)
+	srv := distlocktest.StartEtcd(t)
 	m := open(t, srv)
 	ctx := ctxT(t, 30*time.Second)
 	const n = 4

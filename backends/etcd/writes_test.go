@@ -6,7 +6,7 @@ import (
 
 	"github.com/distlock/distlock"
 	"github.com/distlock/distlock/backends/etcd"
-	"github.com/distlock/distlock/internal/testserver"
+	"github.com/distlock/distlock/distlocktest"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -51,7 +51,7 @@ func raftIndex(t *testing.T, cli *clientv3.Client, endpoint string) func() uint6
 // by a keep-alive, which the leader answers without raft), three for the
 // very first cycle (the lease grant).
 func TestDurableWritesPerCycle(t *testing.T) {
-	srv := testserver.EtcdCluster(t, 1) // a private member: nobody else writes
+	srv := distlocktest.EtcdCluster(t, 1) // a private member: nobody else writes
 	cli := newClient(t, srv.Endpoints)
 	m := distlock.New(etcd.New(cli, etcd.WithMinTTL(time.Second)))
 	defer m.Close()
@@ -113,7 +113,7 @@ func TestDurableWritesPerCycle(t *testing.T) {
 // transaction; the lease is the old grant's (same TTL) or a spare,
 // refreshed by keep-alives — and a refused one writes nothing.
 func TestDurableWritesPerTransfer(t *testing.T) {
-	srv := testserver.EtcdCluster(t, 1)
+	srv := distlocktest.EtcdCluster(t, 1)
 	cli := newClient(t, srv.Endpoints)
 	b := etcd.New(cli, etcd.WithMinTTL(time.Second))
 	defer b.Close()

@@ -1,36 +1,27 @@
 package postgres_test
 
 import (
-	"context"
 	"testing"
 
-	"github.com/distlock/distlock"
 	"github.com/distlock/distlock/conformance"
-	"github.com/distlock/distlock/internal/testserver"
+	"github.com/distlock/distlock/distlocktest"
 )
 
 // TestConformance runs the whole suite against a server of its own, which
-// the outage cases stop and restart.
+// the outage cases stop and restart, through the harness users get:
+// conformance.URL, with its PostgreSQL Revoker.
 func TestConformance(t *testing.T) {
-	srv := testserver.StartPostgres(t)
-	h := newHarness(t, srv, "")
-	if srv.External() {
-		conformance.Run(t, externalHarness{h})
+	srv := distlocktest.StartPostgres(t)
+	u := newHarness(t, srv, "").url()
+	if srv.External() { // it cannot be stopped
+		conformance.Run(t, conformance.URL(u))
 		return
 	}
-	conformance.Run(t, h)
+	conformance.Run(t, conformance.URL(u, conformance.WithStopper(srv)))
 }
-
-// externalHarness cannot stop the server.
-type externalHarness struct{ h *harness }
-
-func (e externalHarness) NewBackend(ctx context.Context) (distlock.Backend, error) {
-	return e.h.NewBackend(ctx)
-}
-
-func (e externalHarness) Revoke(ctx context.Context, key string) error { return e.h.Revoke(ctx, key) }
 
 var (
 	_ conformance.Stopper = (*harness)(nil)
 	_ conformance.Revoker = (*harness)(nil)
+	_ conformance.Stopper = (*distlocktest.PostgresServer)(nil)
 )

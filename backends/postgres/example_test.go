@@ -10,22 +10,22 @@ import (
 
 	"github.com/distlock/distlock"
 	"github.com/distlock/distlock/backends/postgres"
-	"github.com/distlock/distlock/internal/testserver"
+	"github.com/distlock/distlock/distlocktest"
 )
 
 // exampleURL returns a server URL for the examples: the test server, or ""
 // when none is available.
 func exampleURL() string {
-	if u := os.Getenv(testserver.PostgresURLEnv); u != "" {
+	if u := os.Getenv(distlocktest.PostgresURLEnv); u != "" {
 		return u
 	}
-	if !testserver.PostgresAvailable() {
+	if !distlocktest.PostgresAvailable() {
 		return ""
 	}
 	srvOnce.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 		defer cancel()
-		srv, srvErr = testserver.NewPostgres(ctx)
+		srv, srvErr = distlocktest.NewPostgres(ctx)
 	})
 	if srvErr != nil {
 		return ""

@@ -17,12 +17,13 @@ import (
 
 	"github.com/distlock/distlock"
 	"github.com/distlock/distlock/backends/postgres"
-	"github.com/distlock/distlock/internal/testserver"
+	"github.com/distlock/distlock/conformance"
+	"github.com/distlock/distlock/distlocktest"
 )
 
 var (
 	srvOnce sync.Once
-	srv     *testserver.Postgres
+	srv     *distlocktest.PostgresServer
 	srvErr  error
 	nsSeq   atomic.Int64
 )
@@ -37,18 +38,18 @@ func TestMain(m *testing.M) {
 
 // server returns the package's shared server (tests that stop a server
 // start their own).
-func server(t *testing.T) *testserver.Postgres {
+func server(t *testing.T) *distlocktest.PostgresServer {
 	t.Helper()
-	if !testserver.PostgresAvailable() {
-		testserver.Unavailable(t, "PostgreSQL", testserver.PostgresHowTo)
+	if !distlocktest.PostgresAvailable() {
+		distlocktest.Unavailable(t, "PostgreSQL", distlocktest.PostgresHowTo)
 	}
-	if os.Getenv(testserver.PostgresURLEnv) != "" {
-		return testserver.StartPostgres(t)
+	if os.Getenv(distlocktest.PostgresURLEnv) != "" {
+		return distlocktest.StartPostgres(t)
 	}
 	srvOnce.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 		defer cancel()
-		srv, srvErr = testserver.NewPostgres(ctx)
+		srv, srvErr = distlocktest.NewPostgres(ctx)
 	})
 	if srvErr != nil {
 		t.Fatalf("starting postgres: %v", srvErr)
@@ -59,12 +60,12 @@ func server(t *testing.T) *testserver.Postgres {
 // harness opens backends on one server with a namespace of their own, so
 // tests sharing a server never see each other's locks.
 type harness struct {
-	srv    *testserver.Postgres
+	srv    *distlocktest.PostgresServer
 	ns     string
 	params string
 }
 
-func newHarness(t *testing.T, srv *testserver.Postgres, params string) *harness {
+func newHarness(t *testing.T, srv *distlocktest.PostgresServer, params string) *harness {
 	return &harness{srv: srv, ns: fmt.Sprintf("%s-%d", t.Name(), nsSeq.Add(1)), params: params}
 }
 
@@ -88,55 +89,10 @@ func (h *harness) NewBackend(ctx context.Context) (distlock.Backend, error) {
 func (h *harness) Stop(ctx context.Context) error  { return h.srv.Stop(ctx) }
 func (h *harness) Start(ctx context.Context) error { return h.srv.Start(ctx) }
 
-// Revoke terminates the session holding key, as an operator would.
+// Revoke terminates the session holding key, as an operator would
+// (conformance.PostgresRevoker, the one users get).
 func (h *harness) Revoke(ctx context.Context, key string) error {
-	// The suite may end the case (and ctx) as soon as the holder notices
-	// the loss, which can be before pg_terminate_backend returns.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 20*time.Second)
-	defer cancel()
-	n, err := terminateHolder(ctx, h.srv.URL, postgres.LockID(h.ns, key))
-	if err != nil {
-		return err
-	}
-	if n == 0 {
-		return errors.New("no session holds " + key)
-	}
-	return nil
-}
-
-// terminateHolder ends the server session holding advisory lock id and
-// waits (bounded) until the lock is gone. Once the termination is sent it
-// reports success even if the server goes away meanwhile (the suite may
-// end the case, and the test its server, as soon as the holder notices).
-func terminateHolder(ctx context.Context, dsn string, id int64) (int, error) {
-	pool, err := pgxpool.New(ctx, dsn)
-	if err != nil {
-		return 0, err
-	}
-	defer pool.Close()
-	const where = `locktype = 'advisory' AND granted AND objsubid = 1 AND classid::bigint = $1 AND objid::bigint = $2`
-	hi, lo := int64(uint64(id)>>32), int64(uint32(id))
-	rows, err := pool.Query(ctx, "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE "+where, hi, lo)
-	if err != nil {
-		return 0, err
-	}
-	n := 0
-	for rows.Next() {
-		n++
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil || n == 0 {
-		return n, err
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for i := 0; time.Now().Before(deadline); i++ {
-		var left int
-		if err := pool.QueryRow(ctx, "SELECT count(*) FROM pg_locks WHERE "+where, hi, lo).Scan(&left); err != nil || left == 0 {
-			break
-		}
-		time.Sleep(time.Duration(min(i+1, 10)) * time.Millisecond)
-	}
-	return n, nil
+	return conformance.PostgresRevoker(h.url()).Revoke(ctx, key)
 }
 
 func (h *harness) manager(t *testing.T, opts ...distlock.Option) *distlock.Manager {
@@ -424,7 +380,7 @@ func TestStalledHolderLosesLock(t *testing.T) {
 }
 
 func TestServerRestart(t *testing.T) {
-	srv := testserver.StartPostgres(t)
+	srv := distlocktest.StartPostgres(t)
 	if srv.External() {
 		t.Skip("external server cannot be restarted")
 	}
@@ -474,7 +430,7 @@ func TestOpenErrors(t *testing.T) {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: %q does not say %q", name, err, want)
 		}
-		for _, secret := range []string{testserver.PostgresPassword, "s3cr3t-pw"} {
+		for _, secret := range []string{distlocktest.PostgresPassword, "s3cr3t-pw"} {
 			if strings.Contains(err.Error(), secret) {
 				t.Errorf("%s: password in error %q", name, err)
 			}
@@ -492,7 +448,7 @@ func TestOpenErrors(t *testing.T) {
 	check("bad sessions", srv.URL+"&distlock_sessions=0", distlock.ErrInvalidArgument, "distlock_sessions")
 
 	// A port nobody listens on.
-	port, err := testserver.FreePort()
+	port, err := distlocktest.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,7 +6,7 @@ import (
 	"testing"
 
 	"github.com/distlock/distlock"
-	"github.com/distlock/distlock/internal/testserver"
+	"github.com/distlock/distlock/distlocktest"
 )
 
 type checkOutput struct {
@@ -80,8 +80,8 @@ func TestCheckRedisWarnings(t *testing.T) {
 		t.Skip("redis backend not compiled in")
 	}
 	t.Parallel()
-	evicting := testserver.StartRedis(t, testserver.RedisOptions{Args: []string{"--maxmemory", "64mb", "--maxmemory-policy", "volatile-lru"}})
-	safe := testserver.StartRedis(t, testserver.RedisOptions{Args: []string{"--maxmemory", "64mb", "--maxmemory-policy", "noeviction", "--appendonly", "yes"}})
+	evicting := distlocktest.StartRedis(t, distlocktest.RedisOptions{Args: []string{"--maxmemory", "64mb", "--maxmemory-policy", "volatile-lru"}})
+	safe := distlocktest.StartRedis(t, distlocktest.RedisOptions{Args: []string{"--maxmemory", "64mb", "--maxmemory-policy", "noeviction", "--appendonly", "yes"}})
 	for _, c := range []struct {
 		url  string
 		want []string

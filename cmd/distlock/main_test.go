@@ -18,8 +18,7 @@ import (
 	"time"
 
 	"github.com/distlock/distlock"
-	"github.com/distlock/distlock/internal/embedetcd"
-	"github.com/distlock/distlock/internal/testserver"
+	"github.com/distlock/distlock/distlocktest"
 )
 
 // bin is the distlock binary under test, built once by TestMain.
@@ -295,22 +294,13 @@ func compiledIn(scheme string) bool { return slices.Contains(distlock.Schemes(),
 func liveBackends() []liveBackend {
 	var bs []liveBackend
 	if compiledIn("etcd") {
-		bs = append(bs, liveBackend{name: "etcd", url: func(t *testing.T) string {
-			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			defer cancel()
-			c, err := embedetcd.Start(ctx, embedetcd.Options{})
-			if err != nil {
-				t.Fatalf("embedded etcd: %v", err)
-			}
-			t.Cleanup(func() { _ = c.Close() })
-			return c.URL()
-		}})
+		bs = append(bs, liveBackend{name: "etcd", url: func(t *testing.T) string { return distlocktest.Etcd(t) }})
 	}
 	if compiledIn("redis") {
-		bs = append(bs, liveBackend{name: "redis", url: func(t *testing.T) string { return testserver.RedisURL(t) }})
+		bs = append(bs, liveBackend{name: "redis", url: func(t *testing.T) string { return distlocktest.Redis(t) }})
 	}
 	if compiledIn("postgres") {
-		bs = append(bs, liveBackend{name: "postgres", url: func(t *testing.T) string { return testserver.StartPostgres(t).URL }, revoke: revokePostgres})
+		bs = append(bs, liveBackend{name: "postgres", url: func(t *testing.T) string { return distlocktest.Postgres(t) }, revoke: revokePostgres})
 	}
 	return bs
 }
@@ -319,7 +309,7 @@ func liveBackends() []liveBackend {
 func forEachBackend(t *testing.T, fn func(t *testing.T, b liveBackend, url string, caps distlock.Capabilities)) {
 	bs := liveBackends()
 	if len(bs) == 0 {
-		testserver.Unavailable(t, "a backend shared between processes", "none is compiled into cmd/distlock (backends.go)")
+		distlocktest.Unavailable(t, "a backend shared between processes", "none is compiled into cmd/distlock (backends.go)")
 	}
 	for _, b := range bs {
 		t.Run(b.name, func(t *testing.T) {

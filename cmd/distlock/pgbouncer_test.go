@@ -16,14 +16,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/distlock/distlock/internal/testserver"
+	"github.com/distlock/distlock/distlocktest"
 	"github.com/distlock/distlock/internal/testwait"
 )
 
 // startPgBouncer starts PgBouncer in transaction pooling mode in front of
 // pg and returns its port. The test is skipped when pgbouncer is not
 // installed (apt-get install pgbouncer).
-func startPgBouncer(t *testing.T, pg *testserver.Postgres) int {
+func startPgBouncer(t *testing.T, pg *distlocktest.PostgresServer) int {
 	t.Helper()
 	bin, err := exec.LookPath("pgbouncer")
 	if err != nil {
@@ -46,7 +46,7 @@ func startPgBouncer(t *testing.T, pg *testserver.Postgres) int {
 	if err := os.Chmod(dir, 0o777); err != nil {
 		t.Fatal(err)
 	}
-	port, err := testserver.FreePort()
+	port, err := distlocktest.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +61,7 @@ auth_type = trust
 auth_file = %s
 pool_mode = transaction
 logfile = %s
-`, pg.Port, testserver.PostgresPassword, port, filepath.Join(dir, "users.txt"), filepath.Join(dir, "pgbouncer.log"))
+`, pg.Port, distlocktest.PostgresPassword, port, filepath.Join(dir, "users.txt"), filepath.Join(dir, "pgbouncer.log"))
 	for name, data := range map[string]string{"pgbouncer.ini": ini, "users.txt": `"postgres" ""` + "\n"} {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(data), 0o644); err != nil {
 			t.Fatal(err)
@@ -113,7 +113,7 @@ func TestCheckPostgresPooler(t *testing.T) {
 	if !compiledIn("postgres") {
 		t.Skip("postgres backend not compiled in")
 	}
-	pg := testserver.StartPostgres(t)
+	pg := distlocktest.StartPostgres(t)
 	if pg.External() {
 		t.Skip("external PostgreSQL: pgbouncer setup not known")
 	}

@@ -1,4 +1,4 @@
-package testserver
+package distlocktest
 
 import (
 	"context"
@@ -20,7 +20,7 @@ import (
 type RedisCluster struct {
 	// Masters are the cluster's servers; Kill, Stop and Start work on
 	// them one by one (Start keeps a node's slots: its nodes.conf stays).
-	Masters []*Redis
+	Masters []*RedisServer
 
 	busPorts []int // each master's cluster bus port
 }
@@ -137,12 +137,12 @@ func withClient(ctx context.Context, addr string, f func(*redis.Client) error) e
 // MasterName.
 type RedisSentinel struct {
 	// Sentinel is the sentinel process (redis-server --sentinel).
-	Sentinel *Redis
+	Sentinel *RedisServer
 	// Master is the master the Sentinel first watched (after a failover,
 	// one of Replicas is the master).
-	Master *Redis
+	Master *RedisServer
 	// Replicas replicate Master.
-	Replicas []*Redis
+	Replicas []*RedisServer
 	// MasterName is the name clients ask the sentinel for.
 	MasterName string
 }
@@ -187,7 +187,7 @@ func StartRedisSentinel(t testing.TB, replicas int) *RedisSentinel {
 	return s
 }
 
-func newSentinel(masterAddr, name string) (*Redis, error) {
+func newSentinel(masterAddr, name string) (*RedisServer, error) {
 	bin := RedisBinary()
 	if bin == "" {
 		return nil, ErrNoRedis
@@ -211,7 +211,7 @@ func newSentinel(masterAddr, name string) (*Redis, error) {
 		if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
 			return nil, err
 		}
-		r := &Redis{
+		r := &RedisServer{
 			Addr: "127.0.0.1:" + strconv.Itoa(p),
 			bin:  bin,
 			dir:  dir,

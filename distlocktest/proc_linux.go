@@ -1,4 +1,4 @@
-package testserver
+package distlocktest
 
 import (
 	"os/exec"

@@ -1,4 +1,4 @@
-package testserver
+package distlocktest
 
 import (
 	"context"
@@ -28,10 +28,10 @@ const PostgresURLEnv = "DISTLOCK_TEST_POSTGRES_URL"
 // StartPostgres (user "postgres", host authentication scram-sha-256).
 const PostgresPassword = "distlock-test-pw"
 
-// Postgres is a PostgreSQL server for tests: an external one named by
+// PostgresServer is a PostgreSQL server for tests: an external one named by
 // DISTLOCK_TEST_POSTGRES_URL, or a throwaway cluster (initdb into a temp dir,
 // postgres on a free 127.0.0.1 port) that the test can stop and restart.
-type Postgres struct {
+type PostgresServer struct {
 	// URL connects as the superuser to the database "postgres".
 	URL string
 	// Port is the server's TCP port.
@@ -50,7 +50,7 @@ type Postgres struct {
 // StartPostgres returns a running server, stopped again when the test ends.
 // Without a server URL or PostgreSQL binaries the test fails under CI=true
 // and is skipped elsewhere.
-func StartPostgres(t testing.TB) *Postgres {
+func StartPostgres(t testing.TB) *PostgresServer {
 	t.Helper()
 	if u := os.Getenv(PostgresURLEnv); u != "" {
 		pu, err := url.Parse(u)
@@ -58,7 +58,7 @@ func StartPostgres(t testing.TB) *Postgres {
 			t.Fatalf("%s: malformed URL", PostgresURLEnv)
 		}
 		port, _ := strconv.Atoi(pu.Port())
-		return &Postgres{URL: u, Port: port, external: true}
+		return &PostgresServer{URL: u, Port: port, external: true}
 	}
 	bin := postgresBinDir()
 	if bin == "" {
@@ -71,7 +71,7 @@ func StartPostgres(t testing.TB) *Postgres {
 	t.Cleanup(p.cleanup)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	if err := p.Start(ctx); err != nil {
+	if err := p.startOnFreePort(ctx); err != nil {
 		t.Fatalf("starting postgres: %v", err)
 	}
 	return p
@@ -79,7 +79,7 @@ func StartPostgres(t testing.TB) *Postgres {
 
 // NewPostgres starts a throwaway server outside a test (benchmarks, tools).
 // The caller must call Close.
-func NewPostgres(ctx context.Context) (*Postgres, error) {
+func NewPostgres(ctx context.Context) (*PostgresServer, error) {
 	bin := postgresBinDir()
 	if bin == "" {
 		return nil, errors.New("PostgreSQL binaries not found (apt-get install postgresql)")
@@ -88,7 +88,7 @@ func NewPostgres(ctx context.Context) (*Postgres, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := p.Start(ctx); err != nil {
+	if err := p.startOnFreePort(ctx); err != nil {
 		p.cleanup()
 		return nil, err
 	}
@@ -96,11 +96,11 @@ func NewPostgres(ctx context.Context) (*Postgres, error) {
 }
 
 // Close stops the server and removes its files.
-func (p *Postgres) Close() { p.cleanup() }
+func (p *PostgresServer) Close() { p.cleanup() }
 
 // External reports whether the server came from DISTLOCK_TEST_POSTGRES_URL
 // (it cannot be stopped then).
-func (p *Postgres) External() bool { return p.external }
+func (p *PostgresServer) External() bool { return p.external }
 
 // PostgresAvailable reports whether a server can be had: a URL in
 // DISTLOCK_TEST_POSTGRES_URL or initdb and postgres binaries.
@@ -136,7 +136,7 @@ func postgresBinDir() string {
 	return ""
 }
 
-func newPostgres(bin string) (*Postgres, error) {
+func newPostgres(bin string) (*PostgresServer, error) {
 	port, err := FreePort()
 	if err != nil {
 		return nil, err
@@ -145,8 +145,8 @@ func newPostgres(bin string) (*Postgres, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Postgres{bin: bin, dir: dir, Port: port}
-	p.URL = fmt.Sprintf("postgres://postgres:%s@127.0.0.1:%d/postgres?sslmode=disable", PostgresPassword, port)
+	p := &PostgresServer{bin: bin, dir: dir, Port: port}
+	p.setPort(port)
 	// initdb and postgres refuse to run as root: run them as the
 	// postgres system user (or nobody) instead.
 	if os.Geteuid() == 0 {
@@ -195,9 +195,32 @@ func unprivileged() (*syscall.Credential, error) {
 	return nil, errors.New("running as root and no unprivileged user (postgres, nobody) to run postgres as")
 }
 
+func (p *PostgresServer) setPort(port int) {
+	p.Port = port
+	p.URL = fmt.Sprintf("postgres://postgres:%s@127.0.0.1:%d/postgres?sslmode=disable", PostgresPassword, port)
+}
+
+// startOnFreePort starts the server the first time: when its port was
+// taken since FreePort chose it (other processes share the machine), it
+// tries another one, three times at most.
+func (p *PostgresServer) startOnFreePort(ctx context.Context) error {
+	var err error
+	for range 3 {
+		if err = p.Start(ctx); err == nil || !strings.Contains(err.Error(), "could not create") {
+			return err
+		}
+		port, perr := FreePort()
+		if perr != nil {
+			return errors.Join(err, perr)
+		}
+		p.setPort(port)
+	}
+	return err
+}
+
 // Start starts the server (again) on its port and waits until it accepts
 // connections.
-func (p *Postgres) Start(ctx context.Context) error {
+func (p *PostgresServer) Start(ctx context.Context) error {
 	if p.external {
 		return errors.New("external server (" + PostgresURLEnv + ") cannot be started")
 	}
@@ -251,7 +274,7 @@ func (p *Postgres) Start(ctx context.Context) error {
 
 // Stop shuts the server down (fast shutdown: sessions are terminated) and
 // waits until it has exited. Its data stays for Start.
-func (p *Postgres) Stop(ctx context.Context) error {
+func (p *PostgresServer) Stop(ctx context.Context) error {
 	if p.external {
 		return errors.New("external server (" + PostgresURLEnv + ") cannot be stopped")
 	}
@@ -280,7 +303,7 @@ func (p *Postgres) Stop(ctx context.Context) error {
 	}
 }
 
-func (p *Postgres) cleanup() {
+func (p *PostgresServer) cleanup() {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	_ = p.Stop(ctx)
@@ -290,7 +313,7 @@ func (p *Postgres) cleanup() {
 }
 
 // Log returns the tail of the server log, for failure messages.
-func (p *Postgres) Log() string {
+func (p *PostgresServer) Log() string {
 	if p.dir == "" {
 		return ""
 	}
@@ -304,4 +327,37 @@ func tail(s string, n int) string {
 		s = "…" + s[len(s)-n:]
 	}
 	return s
+}
+
+// PostgresContainer runs a PostgreSQL server in a container for t, with
+// testcontainers-go, and returns it once it accepts connections; its URL
+// connects as the superuser postgres with PostgresPassword to the database
+// postgres. The image is image if not "", else the one in
+// DISTLOCK_TEST_POSTGRES_IMAGE, else DefaultPostgresImage; it must take
+// the official image's POSTGRES_PASSWORD variable and "postgres -c …"
+// command. The test is skipped (failed under CI=true) when no Docker
+// engine answers.
+func PostgresContainer(t testing.TB, image string) *Container {
+	t.Helper()
+	return startContainer(t, containerSpec{
+		what:   "PostgreSQL",
+		image:  imageFor(image, PostgresImageEnv, DefaultPostgresImage),
+		envVar: PostgresImageEnv,
+		port:   "5432/tcp",
+		env:    map[string]string{"POSTGRES_PASSWORD": PostgresPassword},
+		cmd: func(string) []string {
+			return []string{"postgres", "-c", "fsync=off", "-c", "synchronous_commit=off",
+				"-c", "full_page_writes=off", "-c", "max_connections=300"}
+		},
+		url: func(addr string) string {
+			return fmt.Sprintf("postgres://postgres:%s@%s/postgres?sslmode=disable", PostgresPassword, addr)
+		},
+		ready: func(ctx context.Context, addr string) error {
+			c, err := pgconn.Connect(ctx, fmt.Sprintf("postgres://postgres:%s@%s/postgres?sslmode=disable", PostgresPassword, addr))
+			if err != nil {
+				return err
+			}
+			return c.Close(ctx)
+		},
+	})
 }

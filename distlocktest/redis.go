@@ -1,4 +1,4 @@
-package testserver
+package distlocktest
 
 import (
 	"bufio"
@@ -26,10 +26,10 @@ const RedisURLEnv = "DISTLOCK_TEST_REDIS_URL"
 // RedisHowTo says how to get a redis-server for the tests.
 const RedisHowTo = "install redis-server (Debian/Ubuntu: apt-get install redis-server) or set " + RedisURLEnv
 
-// Redis is a redis-server process started for a test, listening on a fixed
+// RedisServer is a redis-server process started for a test, listening on a fixed
 // 127.0.0.1 port in a temp dir, with persistence off. Stop, Start and Kill
 // are safe for concurrent use.
-type Redis struct {
+type RedisServer struct {
 	// Addr is host:port.
 	Addr string
 	// Password is the server's requirepass, or "".
@@ -66,22 +66,18 @@ func RedisBinary() string {
 	return ""
 }
 
-// RedisURL returns the URL of a Redis server for tests that only need one
-// to talk to: the one named by DISTLOCK_TEST_REDIS_URL, or a redis-server
-// started for the test (stopped at its end). Without either it fails the
-// test under CI=true and skips it elsewhere.
+// RedisURL is Redis, under the name this kit had inside the repository.
+//
+// Deprecated: use Redis.
 func RedisURL(t testing.TB) string {
 	t.Helper()
-	if u := os.Getenv(RedisURLEnv); u != "" {
-		return u
-	}
-	return "redis://" + StartRedis(t, RedisOptions{}).Addr
+	return Redis(t)
 }
 
 // StartRedis starts a redis-server on a free loopback port and removes it
 // when the test ends. Without a redis-server binary it fails the test
 // under CI=true and skips it elsewhere.
-func StartRedis(t testing.TB, opts RedisOptions) *Redis {
+func StartRedis(t testing.TB, opts RedisOptions) *RedisServer {
 	t.Helper()
 	if RedisBinary() == "" {
 		Unavailable(t, "redis-server", RedisHowTo)
@@ -99,7 +95,7 @@ var ErrNoRedis = errors.New("redis-server not installed: " + RedisHowTo)
 
 // NewRedis starts a redis-server on a free loopback port, in a temp dir,
 // outside any test (TestMain, benchmarks' setup). The caller must Close it.
-func NewRedis(opts RedisOptions) (*Redis, error) {
+func NewRedis(opts RedisOptions) (*RedisServer, error) {
 	bin := RedisBinary()
 	if bin == "" {
 		return nil, ErrNoRedis
@@ -115,7 +111,7 @@ func NewRedis(opts RedisOptions) (*Redis, error) {
 			lastErr = err
 			continue
 		}
-		r := &Redis{
+		r := &RedisServer{
 			Addr:     net.JoinHostPort("127.0.0.1", strconv.Itoa(port)),
 			Password: opts.Password,
 			bin:      bin,
@@ -146,7 +142,7 @@ func NewRedis(opts RedisOptions) (*Redis, error) {
 }
 
 // Close kills the server and removes its directory.
-func (r *Redis) Close() error {
+func (r *RedisServer) Close() error {
 	err := r.Kill()
 	_ = os.RemoveAll(r.dir)
 	return err
@@ -154,7 +150,7 @@ func (r *Redis) Close() error {
 
 // Start starts the server (again) on its port and waits until it answers
 // PING. It is a no-op while the server runs.
-func (r *Redis) Start(ctx context.Context) error {
+func (r *RedisServer) Start(ctx context.Context) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.cmd != nil {
@@ -187,7 +183,7 @@ func (r *Redis) Start(ctx context.Context) error {
 }
 
 // waitReady polls PING until the server answers, it exits, or ctx ends.
-func (r *Redis) waitReady(ctx context.Context, exit <-chan struct{}) error {
+func (r *RedisServer) waitReady(ctx context.Context, exit <-chan struct{}) error {
 	for {
 		err := r.ping(ctx)
 		if err == nil {
@@ -204,23 +200,27 @@ func (r *Redis) waitReady(ctx context.Context, exit <-chan struct{}) error {
 }
 
 // ping speaks just enough RESP to ask the server for PONG.
-func (r *Redis) ping(ctx context.Context) error {
+func (r *RedisServer) ping(ctx context.Context) error { return redisPing(ctx, r.Addr, r.Password) }
+
+// redisPing asks the Redis server at addr for PONG, speaking just enough
+// RESP (no client library).
+func redisPing(ctx context.Context, addr, password string) error {
 	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", r.Addr)
+	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(time.Second))
 	cmd := "*1\r\n$4\r\nPING\r\n"
-	if r.Password != "" {
-		cmd = fmt.Sprintf("*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n", len(r.Password), r.Password) + cmd
+	if password != "" {
+		cmd = fmt.Sprintf("*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n", len(password), password) + cmd
 	}
 	if _, err := c.Write([]byte(cmd)); err != nil {
 		return err
 	}
 	br := bufio.NewReader(c)
-	if r.Password != "" {
+	if password != "" {
 		if line, err := br.ReadString('\n'); err != nil || !strings.HasPrefix(line, "+OK") {
 			return fmt.Errorf("auth: %q %v", line, err)
 		}
@@ -238,12 +238,12 @@ func (r *Redis) ping(ctx context.Context) error {
 // Stop shuts the server down (SIGTERM, then SIGKILL after 5s) and waits for
 // it to exit. Locks are lost: persistence is off. Stop is a no-op when the
 // server is not running.
-func (r *Redis) Stop() error { return r.halt(syscall.SIGTERM) }
+func (r *RedisServer) Stop() error { return r.halt(syscall.SIGTERM) }
 
 // Kill kills the server at once (SIGKILL), as a crash would.
-func (r *Redis) Kill() error { return r.halt(syscall.SIGKILL) }
+func (r *RedisServer) Kill() error { return r.halt(syscall.SIGKILL) }
 
-func (r *Redis) halt(sig syscall.Signal) error {
+func (r *RedisServer) halt(sig syscall.Signal) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.cmd == nil {
@@ -261,21 +261,21 @@ func (r *Redis) halt(sig syscall.Signal) error {
 }
 
 // Running reports whether the server process is up.
-func (r *Redis) Running() bool {
+func (r *RedisServer) Running() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.cmd != nil
 }
 
 // URL returns redis://[:password@]addr.
-func (r *Redis) URL() string {
+func (r *RedisServer) URL() string {
 	if r.Password != "" {
 		return "redis://:" + r.Password + "@" + r.Addr
 	}
 	return "redis://" + r.Addr
 }
 
-func (r *Redis) logTail() string {
+func (r *RedisServer) logTail() string {
 	b, err := os.ReadFile(filepath.Join(r.dir, "redis.log"))
 	if err != nil {
 		return "no log"
@@ -288,11 +288,35 @@ func (r *Redis) logTail() string {
 }
 
 // StartRedisN starts n independent redis-server masters (for Redlock).
-func StartRedisN(t testing.TB, n int, opts RedisOptions) []*Redis {
+func StartRedisN(t testing.TB, n int, opts RedisOptions) []*RedisServer {
 	t.Helper()
-	rs := make([]*Redis, n)
+	rs := make([]*RedisServer, n)
 	for i := range rs {
 		rs[i] = StartRedis(t, opts)
 	}
 	return rs
+}
+
+// RedisContainer runs a Redis server in a container for t, with
+// testcontainers-go, persistence off, and returns it once it answers PING.
+// The image is image if not "", else the one in DISTLOCK_TEST_REDIS_IMAGE,
+// else DefaultRedisImage; it is started with redis-server's options as its
+// command (as the official image takes them), so an image whose entrypoint
+// is redis-server works too (BuildImage("/usr/bin/redis-server") makes
+// one). The test is skipped (failed under CI=true) when no Docker engine
+// answers.
+func RedisContainer(t testing.TB, image string) *Container {
+	t.Helper()
+	return startContainer(t, containerSpec{
+		what:   "Redis",
+		image:  imageFor(image, RedisImageEnv, DefaultRedisImage),
+		envVar: RedisImageEnv,
+		port:   "6379/tcp",
+		cmd: func(string) []string {
+			return []string{"--port", "6379", "--bind", "0.0.0.0", "--protected-mode", "no",
+				"--save", "", "--appendonly", "no", "--loglevel", "warning"}
+		},
+		url:   func(addr string) string { return "redis://" + addr },
+		ready: func(ctx context.Context, addr string) error { return redisPing(ctx, addr, "") },
+	})
 }
