@@ -10,7 +10,7 @@ import (
 	"github.com/distlock/distlock"
 	"github.com/distlock/distlock/backends/memory"
 	_ "github.com/distlock/distlock/backends/redsync" // registers redis://
-	"github.com/distlock/distlock/internal/testserver"
+	"github.com/distlock/distlock/distlocktest"
 	"go.opentelemetry.io/otel"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -45,7 +45,7 @@ func BenchmarkObservabilityOverhead(b *testing.B) {
 			interleaved(b, 512, rows)
 		})
 		b.Run("redis"+suffix, func(b *testing.B) {
-			url := testserver.RedisURL(b)
+			url := distlocktest.Redis(b)
 			rows := overheadRows(b, sdk, func(opts ...distlock.Option) *distlock.Manager {
 				m, err := distlock.Open(context.Background(), url, opts...)
 				if err != nil {

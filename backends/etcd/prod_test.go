@@ -9,6 +9,7 @@ import (
 
 	"github.com/distlock/distlock"
 	"github.com/distlock/distlock/backends/etcd"
+	"github.com/distlock/distlock/distlocktest"
 	"github.com/distlock/distlock/internal/testserver"
 )
 
@@ -16,7 +17,7 @@ import (
 // whatever the caller's ctx, and a port that speaks another protocol gives
 // ErrUnavailable saying etcd's gRPC was expected.
 func TestOpenFailsFast(t *testing.T) {
-	closedPort, err := testserver.FreePort()
+	closedPort, err := distlocktest.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,7 +59,7 @@ func TestOpenFailsFast(t *testing.T) {
 
 // Failures after Open name the endpoints.
 func TestUnavailableNamesEndpoints(t *testing.T) {
-	srv := testserver.EtcdCluster(t, 1)
+	srv := distlocktest.EtcdCluster(t, 1)
 	byURL := open(t, srv, distlock.WithRetry(distlock.NoRetry()))
 	// On the user's client the Manager knows no URL: the backend names the
 	// endpoints itself.
@@ -81,7 +82,7 @@ func TestUnavailableNamesEndpoints(t *testing.T) {
 // etcd's leases are whole seconds: a program that needs 100ms locks learns
 // it at Open, not from a lock that silently lives 1-2s.
 func TestRequireShortTTL(t *testing.T) {
-	srv := testserver.Etcd(t)
+	srv := distlocktest.StartEtcd(t)
 	_, err := distlock.Open(ctxT(t, 10*time.Second), srv.URL, distlock.Require(distlock.MinTTLAtMost(100*time.Millisecond)))
 	if !errors.Is(err, distlock.ErrUnsupported) || !strings.Contains(err.Error(), "etcd") || !strings.Contains(err.Error(), "100ms") {
 		t.Fatalf("Open requiring 100ms TTLs: %v, want ErrUnsupported naming etcd and the bound", err)

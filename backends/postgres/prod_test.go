@@ -13,6 +13,7 @@ import (
 
 	"github.com/distlock/distlock"
 	"github.com/distlock/distlock/backends/postgres"
+	"github.com/distlock/distlock/distlocktest"
 	"github.com/distlock/distlock/internal/testserver"
 )
 
@@ -109,10 +110,10 @@ func TestInspect(t *testing.T) {
 
 // A failure after Open names the server.
 func TestUnavailableNamesServer(t *testing.T) {
-	if !testserver.PostgresAvailable() {
-		testserver.Unavailable(t, "PostgreSQL", testserver.PostgresHowTo)
+	if !distlocktest.PostgresAvailable() {
+		distlocktest.Unavailable(t, "PostgreSQL", distlocktest.PostgresHowTo)
 	}
-	srv := testserver.StartPostgres(t)
+	srv := distlocktest.StartPostgres(t)
 	if srv.External() {
 		t.Skip("cannot stop an external server")
 	}

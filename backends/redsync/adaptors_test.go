@@ -11,7 +11,7 @@ import (
 	"github.com/distlock/distlock"
 	redsyncLocker "github.com/distlock/distlock/backends/redsync"
 	"github.com/distlock/distlock/conformance"
-	"github.com/distlock/distlock/internal/testserver"
+	"github.com/distlock/distlock/distlocktest"
 	rsredis "github.com/go-redsync/redsync/v4/redis"
 	rsredigo "github.com/go-redsync/redsync/v4/redis/redigo"
 	"github.com/gomodule/redigo/redis"
@@ -37,7 +37,7 @@ func redigoPool(addr string) (rsredis.Pool, func() error) {
 // server (fenced, distlock's scripts through redigo) or several (Redlock,
 // go-redsync's Mutex through redigo).
 type redigoHarness struct {
-	srvs   []*testserver.Redis
+	srvs   []*distlocktest.RedisServer
 	mu     *sync.Mutex
 	closes *[]func() error // the pools, closed when the test ends
 }
@@ -153,7 +153,7 @@ func TestDuplicateMastersRefused(t *testing.T) {
 	if _, err := distlock.Open(ctx, u); !errors.Is(err, distlock.ErrInvalidArgument) {
 		t.Fatalf("Open(%s): got %v, want ErrInvalidArgument", u, err)
 	}
-	if _, err := redsyncLocker.NewRedlock(redlockClients([]*testserver.Redis{a[0], a[1], a[0]})); !errors.Is(err, distlock.ErrInvalidArgument) {
+	if _, err := redsyncLocker.NewRedlock(redlockClients([]*distlocktest.RedisServer{a[0], a[1], a[0]})); !errors.Is(err, distlock.ErrInvalidArgument) {
 		t.Fatalf("NewRedlock with a master twice: got %v, want ErrInvalidArgument", err)
 	}
 	p, closePool := redigoPool(a[0].Addr)

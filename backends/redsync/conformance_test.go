@@ -10,13 +10,13 @@ import (
 	"github.com/distlock/distlock"
 	redsyncLocker "github.com/distlock/distlock/backends/redsync"
 	"github.com/distlock/distlock/conformance"
-	"github.com/distlock/distlock/internal/testserver"
+	"github.com/distlock/distlock/distlocktest"
 	"github.com/redis/go-redis/v9"
 )
 
 // singleHarness runs the suite against one redis-server of its own.
 type singleHarness struct {
-	srv  *testserver.Redis
+	srv  *distlocktest.RedisServer
 	opts []redsyncLocker.Option
 }
 
@@ -30,11 +30,11 @@ func (h singleHarness) Stop(context.Context) error { return h.srv.Kill() }
 func (h singleHarness) Start(ctx context.Context) error { return h.srv.Start(ctx) }
 
 func (h singleHarness) Revoke(ctx context.Context, key string) error {
-	return revoke(ctx, []*testserver.Redis{h.srv}, key)
+	return revoke(ctx, []*distlocktest.RedisServer{h.srv}, key)
 }
 
 // redlockHarness runs the suite against a Redlock of its own masters.
-type redlockHarness struct{ srvs []*testserver.Redis }
+type redlockHarness struct{ srvs []*distlocktest.RedisServer }
 
 func (h redlockHarness) NewBackend(ctx context.Context) (distlock.Backend, error) {
 	return redsyncLocker.NewRedlock(redlockClients(h.srvs), redsyncLocker.WithCloseClient())
@@ -64,7 +64,7 @@ func (h redlockHarness) Revoke(ctx context.Context, key string) error {
 // revoke deletes key on every server at once, as an operator would. It
 // finishes even if ctx ends meanwhile: a case may end as soon as the first
 // deletions made it lose the lock.
-func revoke(ctx context.Context, srvs []*testserver.Redis, key string) error {
+func revoke(ctx context.Context, srvs []*distlocktest.RedisServer, key string) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	errs := make([]error, len(srvs))
@@ -84,7 +84,7 @@ func revoke(ctx context.Context, srvs []*testserver.Redis, key string) error {
 
 // clusterHarness runs the suite against a Redis Cluster of its own,
 // through go-redis's ClusterClient.
-type clusterHarness struct{ c *testserver.RedisCluster }
+type clusterHarness struct{ c *distlocktest.RedisCluster }
 
 func (h clusterHarness) NewBackend(ctx context.Context) (distlock.Backend, error) {
 	c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: h.c.Addrs(), ContextTimeoutEnabled: true})
@@ -125,7 +125,7 @@ func (h clusterHarness) Revoke(ctx context.Context, key string) error {
 
 // sentinelHarness runs the suite against a master found through a
 // Sentinel, with go-redis's failover client.
-type sentinelHarness struct{ s *testserver.RedisSentinel }
+type sentinelHarness struct{ s *distlocktest.RedisSentinel }
 
 func (h sentinelHarness) NewBackend(ctx context.Context) (distlock.Backend, error) {
 	c := redis.NewFailoverClient(&redis.FailoverOptions{
@@ -143,7 +143,7 @@ func (h sentinelHarness) Stop(context.Context) error { return h.s.Master.Kill() 
 func (h sentinelHarness) Start(ctx context.Context) error { return h.s.Master.Start(ctx) }
 
 func (h sentinelHarness) Revoke(ctx context.Context, key string) error {
-	return revoke(ctx, []*testserver.Redis{h.s.Master}, key)
+	return revoke(ctx, []*distlocktest.RedisServer{h.s.Master}, key)
 }
 
 var (
@@ -159,19 +159,19 @@ var (
 
 func TestConformance(t *testing.T) {
 	t.Run("SingleNode", func(t *testing.T) {
-		conformance.Run(t, singleHarness{srv: testserver.StartRedis(t, testserver.RedisOptions{})})
+		conformance.Run(t, singleHarness{srv: distlocktest.StartRedis(t, distlocktest.RedisOptions{})})
 	})
 	t.Run("SingleNodeWithoutFencing", func(t *testing.T) {
 		conformance.Run(t, singleHarness{
-			srv:  testserver.StartRedis(t, testserver.RedisOptions{}),
+			srv:  distlocktest.StartRedis(t, distlocktest.RedisOptions{}),
 			opts: []redsyncLocker.Option{redsyncLocker.WithoutFencing()},
 		})
 	})
 	t.Run("Cluster3", func(t *testing.T) {
-		conformance.Run(t, clusterHarness{c: testserver.StartRedisCluster(t, 3)})
+		conformance.Run(t, clusterHarness{c: distlocktest.StartRedisCluster(t, 3)})
 	})
 	t.Run("Sentinel", func(t *testing.T) {
-		conformance.Run(t, sentinelHarness{s: testserver.StartRedisSentinel(t, 0)})
+		conformance.Run(t, sentinelHarness{s: distlocktest.StartRedisSentinel(t, 0)})
 	})
 	t.Run("Redlock5", func(t *testing.T) {
 		// A Redlock grant loses its round time and drift allowance from

@@ -10,17 +10,17 @@ import (
 
 	"github.com/distlock/distlock"
 	redsyncLocker "github.com/distlock/distlock/backends/redsync"
-	"github.com/distlock/distlock/internal/testserver"
+	"github.com/distlock/distlock/distlocktest"
 	"github.com/distlock/distlock/internal/testwait"
 	"github.com/redis/go-redis/v9"
 )
 
-func startN(t *testing.T, n int) []*testserver.Redis {
+func startN(t *testing.T, n int) []*distlocktest.RedisServer {
 	t.Helper()
-	return testserver.StartRedisN(t, n, testserver.RedisOptions{})
+	return distlocktest.StartRedisN(t, n, distlocktest.RedisOptions{})
 }
 
-func redlockClients(srvs []*testserver.Redis) []redis.UniversalClient {
+func redlockClients(srvs []*distlocktest.RedisServer) []redis.UniversalClient {
 	cs := make([]redis.UniversalClient, len(srvs))
 	for i, s := range srvs {
 		cs[i] = redis.NewClient(&redis.Options{Addr: s.Addr, ContextTimeoutEnabled: true, MaxRetries: -1})
@@ -28,7 +28,7 @@ func redlockClients(srvs []*testserver.Redis) []redis.UniversalClient {
 	return cs
 }
 
-func newRedlockManager(t *testing.T, srvs []*testserver.Redis, opts ...redsyncLocker.Option) *distlock.Manager {
+func newRedlockManager(t *testing.T, srvs []*distlocktest.RedisServer, opts ...redsyncLocker.Option) *distlock.Manager {
 	t.Helper()
 	m, err := redsyncLocker.NewRedlockManager(redlockClients(srvs), append(opts, redsyncLocker.WithCloseClient())...)
 	if err != nil {
@@ -122,7 +122,7 @@ func TestRedlockFiveMastersFaults(t *testing.T) {
 
 func TestSingleNodeKilledWhileHeld(t *testing.T) {
 	ctx := ctxTimeout(t, 60*time.Second)
-	srv := testserver.StartRedis(t, testserver.RedisOptions{})
+	srv := distlocktest.StartRedis(t, distlocktest.RedisOptions{})
 	m := newManager(t, srv.Addr)
 	key := uniqueKey(t)
 	l, err := m.Lock(ctx, key, 1500*time.Millisecond, distlock.WithAutoRenew())
@@ -164,7 +164,7 @@ func TestSingleNodeKilledWhileHeld(t *testing.T) {
 
 func TestOpenURLs(t *testing.T) {
 	ctx := ctxTimeout(t, 30*time.Second)
-	srv := testserver.StartRedis(t, testserver.RedisOptions{Password: "s3cret-pw"})
+	srv := distlocktest.StartRedis(t, distlocktest.RedisOptions{Password: "s3cret-pw"})
 
 	t.Run("redis", func(t *testing.T) {
 		m, err := distlock.Open(ctx, "redis://:s3cret-pw@"+srv.Addr+"/2")
@@ -227,7 +227,7 @@ func TestOpenURLs(t *testing.T) {
 		t.Log(err)
 	})
 	t.Run("nothing listening", func(t *testing.T) {
-		port, _ := testserver.FreePort()
+		port, _ := distlocktest.FreePort()
 		_, err := distlock.Open(ctx, "redis://127.0.0.1:"+itoa(port))
 		if !errors.Is(err, distlock.ErrUnavailable) {
 			t.Fatalf("got %v, want ErrUnavailable", err)
@@ -311,7 +311,7 @@ func TestRedlockBackToBackKeepsEveryCopy(t *testing.T) {
 // The lock held across the failover is released or reported not held,
 // nothing else.
 func TestSentinelFailover(t *testing.T) {
-	s := testserver.StartRedisSentinel(t, 1)
+	s := distlocktest.StartRedisSentinel(t, 1)
 	ctx := ctxTimeout(t, 90*time.Second)
 	c := redis.NewFailoverClient(&redis.FailoverOptions{
 		MasterName:            s.MasterName,

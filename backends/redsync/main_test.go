@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/distlock/distlock/internal/testserver"
+	"github.com/distlock/distlock/distlocktest"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -31,15 +31,15 @@ func run(m *testing.M) int {
 	if os.Getenv("DISTLOCK_TEST_VERBOSE") == "" {
 		redis.SetLogger(quietLogger{})
 	}
-	if u := os.Getenv(testserver.RedisURLEnv); u != "" {
+	if u := os.Getenv(distlocktest.RedisURLEnv); u != "" {
 		opts, err := redis.ParseURL(u)
 		if err != nil {
-			fmt.Fprintf(os.Stderr, "%s: %v\n", testserver.RedisURLEnv, err)
+			fmt.Fprintf(os.Stderr, "%s: %v\n", distlocktest.RedisURLEnv, err)
 			return 1
 		}
 		sharedAddr = opts.Addr
 	} else {
-		r, err := testserver.NewRedis(testserver.RedisOptions{})
+		r, err := distlocktest.NewRedis(distlocktest.RedisOptions{})
 		if err != nil {
 			if ci, _ := strconv.ParseBool(os.Getenv("CI")); ci {
 				fmt.Fprintln(os.Stderr, err)

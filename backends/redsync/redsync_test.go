@@ -10,7 +10,7 @@ import (
 
 	"github.com/distlock/distlock"
 	redsyncLocker "github.com/distlock/distlock/backends/redsync"
-	"github.com/distlock/distlock/internal/testserver"
+	"github.com/distlock/distlock/distlocktest"
 	"github.com/go-redsync/redsync/v4"
 	"github.com/redis/go-redis/v9"
 )
@@ -321,7 +321,7 @@ func TestRedlockGrantValidity(t *testing.T) {
 // SUBSCRIBE round trip or a new connection; then it is given back.
 func TestSubscriptionLingers(t *testing.T) {
 	ctx := ctxTimeout(t, 20*time.Second)
-	srv := testserver.StartRedis(t, testserver.RedisOptions{})
+	srv := distlocktest.StartRedis(t, distlocktest.RedisOptions{})
 	b := redsyncLocker.NewBackend(newClient(t, srv.Addr))
 	defer b.Close()
 	raw := newClient(t, srv.Addr)

@@ -15,7 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/distlock/distlock"
-	"github.com/distlock/distlock/internal/testserver"
+	"github.com/distlock/distlock/distlocktest"
 	"github.com/distlock/distlock/internal/testwait"
 )
 
@@ -145,7 +145,7 @@ func TestStatusNeverChangesTTL(t *testing.T) {
 		t.Skip("redis backend not compiled in")
 	}
 	t.Parallel()
-	srv := testserver.StartRedis(t, testserver.RedisOptions{})
+	srv := distlocktest.StartRedis(t, distlocktest.RedisOptions{})
 	url := "redis://" + srv.Addr
 	const key = "status-ttl"
 	r := cli(t, nil, "acquire", "--url", url, "--key", key, "--ttl", "10m")
@@ -281,7 +281,7 @@ func TestRunMinHoldInterrupted(t *testing.T) {
 		t.Skip("redis backend not compiled in")
 	}
 	t.Parallel()
-	srv := testserver.StartRedis(t, testserver.RedisOptions{})
+	srv := distlocktest.StartRedis(t, distlocktest.RedisOptions{})
 	url := "redis://" + srv.Addr
 	argv, env := child("exit", "0")
 	p := start(t, env, append([]string{"run", "--url", url, "--key", "held-on", "--ttl", "2s", "--min-hold", "1m", "-v", "--"}, argv...)...)

@@ -1,3 +1,5 @@
+// Package testserver holds test helpers that only this repository needs;
+// real servers for tests are github.com/distlock/distlock/distlocktest.
 package testserver
 
 import (
