@@ -347,55 +347,27 @@ func (c *core) Inspect(ctx context.Context, key string) (distlock.LockInfo, erro
 	if err := c.checkKey(key); err != nil {
 		return distlock.LockInfo{}, err
 	}
-	type copyOf struct {
-		v   string
-		ttl time.Duration
-	}
-	var (
-		copies = make([]copyOf, 0, len(c.pools))
-		failed []error
-	)
+	held := make(map[string]int, len(c.pools)) // value → masters holding it
+	ttls := make(map[string]time.Duration, len(c.pools))
+	var failed []error
 	for _, p := range c.pools {
-		v, ttl, err := func() (string, time.Duration, error) {
-			conn, err := p.Get(ctx)
-			if err != nil {
-				return "", 0, err
-			}
-			defer conn.Close()
-			v, err := conn.Get(key)
-			if err != nil || v == "" {
-				return "", 0, err
-			}
-			ttl, err := conn.PTTL(key)
-			return v, ttl, err
-		}()
+		v, ttl, err := inspectOne(ctx, p, key)
 		if err != nil {
 			failed = append(failed, err)
-			continue
-		}
-		if v != "" && ttl != -2 && ttl != -2*time.Millisecond { // -2 (go-redis, redigo): gone meanwhile
-			copies = append(copies, copyOf{v, ttl})
-		}
-	}
-	for _, a := range copies {
-		n, ttl := 0, a.ttl
-		for _, b := range copies {
-			if b.v == a.v {
-				n++
-				ttl = min(ttl, b.ttl)
+		} else if v != "" && ttl != -2 && ttl != -2*time.Millisecond { // -2 (go-redis, redigo): gone meanwhile
+			if held[v]++; held[v] == 1 || ttl < ttls[v] {
+				ttls[v] = max(ttl, 0)
 			}
 		}
+	}
+	for v, n := range held {
 		if n < c.quorum {
 			continue
 		}
-		info := distlock.LockInfo{Held: true, Holder: a.v, TTL: max(ttl, 0)}
-		if c.fenced {
-			fence, tok, ok := strings.Cut(a.v, ":")
-			if ok {
-				info.Holder = tok
-				f, _ := strconv.ParseUint(strings.TrimSuffix(fence, "w"), 10, 64)
-				info.Fence = f
-			}
+		info := distlock.LockInfo{Held: true, Holder: v, TTL: ttls[v]}
+		if fence, tok, ok := strings.Cut(v, ":"); ok && c.fenced {
+			info.Holder = tok
+			info.Fence, _ = strconv.ParseUint(strings.TrimSuffix(fence, "w"), 10, 64)
 		}
 		return info, nil
 	}
@@ -403,6 +375,21 @@ func (c *core) Inspect(ctx context.Context, key string) (distlock.LockInfo, erro
 		return distlock.LockInfo{}, classify(errors.Join(failed...))
 	}
 	return distlock.LockInfo{}, nil
+}
+
+// inspectOne reads key's value ("" if absent) and TTL on one master.
+func inspectOne(ctx context.Context, p rsredis.Pool, key string) (string, time.Duration, error) {
+	conn, err := p.Get(ctx)
+	if err != nil {
+		return "", 0, err
+	}
+	defer conn.Close()
+	v, err := conn.Get(key)
+	if err != nil || v == "" {
+		return "", 0, err
+	}
+	ttl, err := conn.PTTL(key)
+	return v, ttl, err
 }
 
 // Capabilities reports fencing (single node unless WithoutFencing),
@@ -702,19 +689,10 @@ func reacquired(f int64) int64 {
 	return f
 }
 
-// isNil reports whether v is nil or a nil pointer of a pool or client.
+// isNil reports whether v is nil or a nil *redis.Client.
 func isNil(v any) bool {
-	switch v := v.(type) {
-	case nil:
-		return true
-	case *redis.Client:
-		return v == nil
-	case *redis.ClusterClient:
-		return v == nil
-	case *redis.Ring:
-		return v == nil
-	}
-	return false
+	c, ok := v.(*redis.Client)
+	return v == nil || ok && c == nil
 }
 
 // same reports whether two pools are the same value; pools of types that
