@@ -56,13 +56,6 @@ func registerWarner(w warner, schemes ...string) {
 	}
 }
 
-// urlHarness makes backends that each open their own client to the URL.
-type urlHarness struct{ raw string }
-
-func (h urlHarness) NewBackend(ctx context.Context) (distlock.Backend, error) {
-	return distlock.OpenBackend(ctx, h.raw)
-}
-
 type listFlag []string
 
 func (l *listFlag) String() string { return strings.Join(*l, ",") }
@@ -169,7 +162,7 @@ func runCheck(ctx context.Context, env *cliEnv, args []string) int {
 		if !c.json {
 			fmt.Fprintf(env.stderr, "checking %s (backend %s)…\n", redact(raw), caps.Name)
 		}
-		if results, err = conformance.Check(ctx, urlHarness{raw}, opts...); err != nil {
+		if results, err = conformance.Check(ctx, conformance.URL(raw, conformance.WithRevoker(nil)), opts...); err != nil {
 			return c.fail(env, cmdName, err)
 		}
 	}
