@@ -9,12 +9,21 @@ import (
 
 // gaveUp is the cause of ErrNotAcquired when the retry strategy gave up: it
 // says how long the call waited and how to change that.
-func gaveUp(attempts int, waited time.Duration) error {
-	if attempts <= 1 {
-		return errors.New("held by another token; one attempt, no waiting (the retry strategy does not retry: to wait for the lock, give a strategy that does with distlock.WithRetry or WithLockRetry)")
+func gaveUp(attempts int, waited time.Duration, backend error) error {
+	var err error
+	switch {
+	case attempts <= 1 && backend != nil: // the backend waited in its own way (go-redsync's tries)
+		return fmt.Errorf("held by another token: %w", backend)
+	case attempts <= 1:
+		err = errors.New("held by another token; the retry strategy makes one attempt (to wait for the lock, give one that retries with distlock.WithRetry or WithLockRetry)")
+	default:
+		err = fmt.Errorf("held by another token; gave up after %d attempts over %v, the retry strategy's limit (the default waits 5s): wait longer with distlock.WithRetry or WithLockRetry, e.g. LimitWait(ExponentialBackoff(2*time.Millisecond, 100*time.Millisecond), time.Minute), or bound the wait by ctx alone with ExponentialBackoff",
+			attempts, waited.Round(time.Millisecond))
 	}
-	return fmt.Errorf("held by another token; gave up after %d attempts over %v, the retry strategy's limit (the default waits 5s): wait longer with distlock.WithRetry or WithLockRetry, e.g. LimitWait(ExponentialBackoff(2*time.Millisecond, 100*time.Millisecond), time.Minute), or bound the wait by ctx alone with ExponentialBackoff",
-		attempts, waited.Round(time.Millisecond))
+	if backend != nil { // the backend's own words, e.g. go-redsync's after its own tries
+		err = fmt.Errorf("%w; the backend said: %w", err, backend)
+	}
+	return err
 }
 
 // waitEnded is the cause of ErrNotAcquired when ctx ended the wait.

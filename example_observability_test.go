@@ -86,7 +86,7 @@ func ExampleWithMeterProvider() {
 		fmt.Println()
 	}
 	// Output:
-	// level=INFO msg="distlock: gave up acquiring" backend=memory op=acquire error="not acquired: held by another token; one attempt, no waiting (the retry strategy does not retry: to wait for the lock, give a strategy that does with distlock.WithRetry or WithLockRetry)"
+	// level=INFO msg="distlock: gave up acquiring" backend=memory op=acquire error="not acquired: held by another token; the retry strategy makes one attempt (to wait for the lock, give one that retries with distlock.WithRetry or WithLockRetry)"
 	// level=WARN msg="distlock: lock lost" backend=memory reason=expired error="ttl expired" fence=3
 	// distlock.acquire.duration {distlock.backend=memory,distlock.outcome=acquired} count=3
 	// distlock.acquire.duration {distlock.backend=memory,distlock.outcome=not_acquired} count=1

@@ -199,7 +199,7 @@ func (m *Manager) acquire(ctx context.Context, key string, ttl time.Duration, to
 		d, ok := retry.NextBackoff(attempt, time.Since(start))
 		if !ok {
 			if kind == ErrNotAcquired {
-				return fail(kind, gaveUp(attempt, time.Since(start)))
+				return fail(kind, gaveUp(attempt, time.Since(start), cause(err, kind)))
 			}
 			return fail(kind, cause(err, kind))
 		}

@@ -584,8 +584,14 @@ func (c *core) failure(err error, notKind error) error {
 	if failed > 0 && taken < c.quorum {
 		return classify(err)
 	}
-	return fmt.Errorf("%w: %w", notKind, err)
+	return kindError{notKind, err}
 }
+
+// kindError is go-redsync's error err, in its own words, matching kind.
+type kindError struct{ kind, err error }
+
+func (k kindError) Error() string   { return k.err.Error() }
+func (k kindError) Unwrap() []error { return []error{k.kind, k.err} }
 
 // grantPool is the pool a go-redsync Mutex of this backend runs on: the
 // caller's pool i, with distlock's grant in place of go-redsync's plain SET

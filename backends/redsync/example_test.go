@@ -66,7 +66,7 @@ func Example_seedMigration() {
 	}
 	// Output:
 	// ✅ Lock acquired with token: token-for:demo-lock-key
-	// ⛔ Re-acquire failed as expected: distlock: acquire "demo-lock-key": not acquired: lock already taken, locked nodes: [0]
+	// ⛔ Re-acquire failed as expected: distlock: acquire "demo-lock-key": not acquired: held by another token: lock already taken, locked nodes: [0]
 	// 🔓 Lock released successfully
 	// 🔁 Second release failed gracefully: distlock: release "demo-lock-key": not held
 }
