@@ -350,10 +350,16 @@ func BenchmarkRedisContended16(b *testing.B) {
 // the bound a fenced acquire cannot beat.
 func BenchmarkRedisInterleaved(b *testing.B) {
 	addr := redisAddr(b)
+	ap, err := newRedisClient(b, addr).AutoPipeline()
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = ap.Close() })
 	Interleaved(b,
 		NamedLock{"raw", rawRedis(newRedisClient(b, addr))},
 		NamedLock{"distlock", distlockAcquire(newRedisManager(b, newRedisClient(b, addr), distlock.DefaultRetry))},
 		NamedLock{"distlock-nofence", distlockAcquire(newRedisManager(b, newRedisClient(b, addr), distlock.DefaultRetry, redsyncLocker.WithoutFencing()))},
+		NamedLock{"distlock-autopipeline", distlockAcquire(newRedisManager(b, ap, distlock.DefaultRetry))},
 		NamedLock{"raw-fenced", rawFencedRedis(newRedisClient(b, addr))},
 		NamedLock{"redsync", redsyncMutex(newRedsync(newRedisClient(b, addr)))},
 		NamedLock{"redislock", bsmRedislock(newRedisClient(b, addr), redislock.LinearBackoff(time.Millisecond))},
