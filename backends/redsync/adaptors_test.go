@@ -37,13 +37,13 @@ func redigoPool(addr string) (rsredis.Pool, func() error) {
 // server (fenced, distlock's scripts through redigo) or several (Redlock,
 // go-redsync's Mutex through redigo).
 type redigoHarness struct {
-	srvs   []*distlocktest.RedisServer
+	masters
 	mu     *sync.Mutex
 	closes *[]func() error // the pools, closed when the test ends
 }
 
 func newRedigoHarness(t *testing.T, n int) redigoHarness {
-	h := redigoHarness{srvs: startN(t, n), mu: new(sync.Mutex), closes: new([]func() error)}
+	h := redigoHarness{masters: startN(t, n), mu: new(sync.Mutex), closes: new([]func() error)}
 	t.Cleanup(func() {
 		h.mu.Lock()
 		defer h.mu.Unlock()
@@ -56,7 +56,7 @@ func newRedigoHarness(t *testing.T, n int) redigoHarness {
 
 func (h redigoHarness) NewBackend(ctx context.Context) (distlock.Backend, error) {
 	var pools []rsredis.Pool
-	for _, s := range h.srvs {
+	for _, s := range h.masters {
 		p, c := redigoPool(s.Addr)
 		pools = append(pools, p)
 		h.mu.Lock()
@@ -64,26 +64,6 @@ func (h redigoHarness) NewBackend(ctx context.Context) (distlock.Backend, error)
 		h.mu.Unlock()
 	}
 	return redsyncLocker.New(pools)
-}
-
-func (h redigoHarness) Stop(context.Context) error {
-	var errs error
-	for _, s := range h.srvs {
-		errs = errors.Join(errs, s.Kill())
-	}
-	return errs
-}
-
-func (h redigoHarness) Start(ctx context.Context) error {
-	var errs error
-	for _, s := range h.srvs {
-		errs = errors.Join(errs, s.Start(ctx))
-	}
-	return errs
-}
-
-func (h redigoHarness) Revoke(ctx context.Context, key string) error {
-	return revoke(ctx, h.srvs, key)
 }
 
 // TestConformanceRedigo: the whole suite through go-redsync's redigo

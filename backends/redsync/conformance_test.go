@@ -33,32 +33,33 @@ func (h singleHarness) Revoke(ctx context.Context, key string) error {
 	return revoke(ctx, []*distlocktest.RedisServer{h.srv}, key)
 }
 
-// redlockHarness runs the suite against a Redlock of its own masters.
-type redlockHarness struct{ srvs []*distlocktest.RedisServer }
-
-func (h redlockHarness) NewBackend(ctx context.Context) (distlock.Backend, error) {
-	return redsyncLocker.NewRedlock(redlockClients(h.srvs), redsyncLocker.WithCloseClient())
-}
+// masters are servers a harness stops, starts and revokes on together.
+type masters []*distlocktest.RedisServer
 
 // Stop kills every master.
-func (h redlockHarness) Stop(context.Context) error {
+func (ms masters) Stop(context.Context) error {
 	var errs error
-	for _, s := range h.srvs {
+	for _, s := range ms {
 		errs = errors.Join(errs, s.Kill())
 	}
 	return errs
 }
 
-func (h redlockHarness) Start(ctx context.Context) error {
+func (ms masters) Start(ctx context.Context) error {
 	var errs error
-	for _, s := range h.srvs {
+	for _, s := range ms {
 		errs = errors.Join(errs, s.Start(ctx))
 	}
 	return errs
 }
 
-func (h redlockHarness) Revoke(ctx context.Context, key string) error {
-	return revoke(ctx, h.srvs, key)
+func (ms masters) Revoke(ctx context.Context, key string) error { return revoke(ctx, ms, key) }
+
+// redlockHarness runs the suite against a Redlock of its own masters.
+type redlockHarness struct{ masters }
+
+func (h redlockHarness) NewBackend(ctx context.Context) (distlock.Backend, error) {
+	return redsyncLocker.NewRedlock(redlockClients(h.masters), redsyncLocker.WithCloseClient())
 }
 
 // revoke deletes key on every server at once, as an operator would. It
@@ -177,6 +178,6 @@ func TestConformance(t *testing.T) {
 		// A Redlock grant loses its round time and drift allowance from
 		// the TTL, and five servers share this machine with the race
 		// detector: a 1s short TTL keeps the expiry cases meaningful.
-		conformance.Run(t, redlockHarness{srvs: startN(t, 5)}, conformance.WithShortTTL(time.Second))
+		conformance.Run(t, redlockHarness{startN(t, 5)}, conformance.WithShortTTL(time.Second))
 	})
 }
