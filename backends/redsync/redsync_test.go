@@ -349,3 +349,41 @@ func TestSubscriptionLingers(t *testing.T) {
 		return nil
 	})
 }
+
+// TestRedlockGoRedsyncOptions: go-redsync's own options reach its Mutex:
+// with fail-fast and shuffled pools the contract holds (a re-acquire keeps
+// every copy), and WithTries(2) with a 100 ms delay makes a taken lock fail
+// after go-redsync's own second try, not at once and not after distlock's
+// default wait.
+func TestRedlockGoRedsyncOptions(t *testing.T) {
+	ctx := ctxTimeout(t, 20*time.Second)
+	srvs := startN(t, 3)
+	opts := redsyncLocker.WithRedsyncOptions(redsync.WithFailFast(true), redsync.WithShufflePools(true),
+		redsync.WithTries(2), redsync.WithRetryDelay(100*time.Millisecond))
+	m, other := newRedlockManager(t, srvs, opts), newRedlockManager(t, srvs, opts)
+	key := uniqueKey(t)
+	tok, err := m.Acquire(ctx, key, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	if _, err := other.Acquire(ctx, key, 5*time.Second); !errors.Is(err, distlock.ErrNotAcquired) {
+		t.Fatalf("acquire of a held key: got %v, want ErrNotAcquired", err)
+	}
+	if took := time.Since(t0); took < 100*time.Millisecond || took > 3*time.Second {
+		t.Fatalf("2 tries 100 ms apart took %v", took)
+	}
+	for range 20 {
+		if _, err := m.Acquire(ctx, key, 5*time.Second, tok); err != nil {
+			t.Fatalf("re-acquire: %v", err)
+		}
+	}
+	for _, s := range srvs {
+		if v := newClient(t, s.Addr).Get(ctx, key).Val(); v != tok {
+			t.Fatalf("master %s holds %q after re-acquires, want the token", s.Addr, v)
+		}
+	}
+	if err := other.Release(ctx, key, tok); err != nil {
+		t.Fatal(err)
+	}
+}
