@@ -310,3 +310,70 @@ func BenchmarkEtcdContended16(b *testing.B) {
 		run(b, ManagerPool(ms, benchTTL))
 	})
 }
+
+func init() {
+	// concurrency.Mutex on a Session (one lease) of the child's own.
+	RegisterChild("etcd-mutex", func(ctx context.Context, raw string) (LockFunc, func(), error) {
+		u, err := url.Parse(raw)
+		if err != nil || u.Host == "" {
+			return nil, nil, fmt.Errorf("want etcd://host:port[,host:port…]")
+		}
+		cli, err := clientv3.New(clientv3.Config{Endpoints: strings.Split(u.Host, ","), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+		if err != nil {
+			return nil, nil, err
+		}
+		s, err := concurrency.NewSession(cli, concurrency.WithTTL(int(benchTTL/time.Second)))
+		if err != nil {
+			cli.Close()
+			return nil, nil, err
+		}
+		lock := func(ctx context.Context, key string) (func(context.Context) error, error) {
+			mu := concurrency.NewMutex(s, "mutex/"+key)
+			if err := mu.Lock(ctx); err != nil {
+				return nil, err
+			}
+			return mu.Unlock, nil
+		}
+		return lock, func() { s.Close(); cli.Close() }, nil
+	})
+}
+
+// etcdBenchURL returns an etcd:// URL of the server for one top-level
+// benchmark.
+func etcdBenchURL(b *testing.B) string {
+	b.Helper()
+	for _, env := range []string{"DISTLOCK_BENCH_ETCD_URL", "DISTLOCK_TEST_ETCD_URL"} {
+		if raw := os.Getenv(env); raw != "" {
+			return raw
+		}
+	}
+	return "etcd://" + strings.Join(etcdEndpoints(b), ",")
+}
+
+// BenchmarkEtcdManagers16Interleaved: 16 goroutines on one key, each with
+// a Manager and an etcd client of its own (as 16 processes would be),
+// taking turns in 1s phases with concurrency.Mutex on a Session (and a
+// client) per goroutine. b.N rounds: run with -benchtime 5x. The issue 12
+// target: distlock ≥ 1.0× the Mutex's owner changes/s.
+func BenchmarkEtcdManagers16Interleaved(b *testing.B) {
+	eps := etcdEndpoints(b)
+	RunContendedInterleaved(b, 16, time.Second,
+		NamedLock{"mutex", PoolOf(16, func() LockFunc { return sharedSessionMutex(b, newEtcdClient(b, eps)) })},
+		NamedLock{"distlock", PoolOf(16, func() LockFunc {
+			return etcdAcquire(newEtcdManager(b, newEtcdClient(b, eps), contendedRetry))
+		})},
+	)
+}
+
+// BenchmarkEtcdProcesses8: 8 OS processes on one key (this test binary
+// re-executed, see processes.go; the embedded server listens on
+// loopback), taking turns in 2s phases between concurrency.Mutex on a
+// Session per process and distlock (distlock.Open). b.N rounds: run with
+// -benchtime 3x.
+func BenchmarkEtcdProcesses8(b *testing.B) {
+	url := etcdBenchURL(b)
+	RunProcessesInterleaved(b, 8, processPhase,
+		ProcessLock{Name: "mutex", Kind: "etcd-mutex", URL: url},
+		ProcessLock{Name: "distlock", Kind: "distlock", URL: url},
+	)
+}

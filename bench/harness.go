@@ -4,7 +4,10 @@
 // It is a module of its own (github.com/distlock/distlock/bench) so that the
 // peers it compares against never become dependencies of the library. Each
 // backend adds a _test.go file whose benchmarks turn a lock implementation
-// into a LockFunc and hand it to Uncontended, Parallel or Contended:
+// into a LockFunc and hand it to Uncontended, Parallel or Contended (or
+// their interleaved forms). LockPool and PoolOf give each goroutine of a
+// contended run a manager, client or connection of its own, as separate
+// processes have; ProcessesInterleaved (processes.go) runs real processes:
 //
 //	go test -run '^$' -bench . -benchtime 3s ./...   (from bench/)
 //
@@ -162,22 +165,57 @@ func RunContended(b *testing.B, goroutines int, d time.Duration, lock LockFunc) 
 // until it is released, so that concurrent goroutines act as separate
 // processes with clients of their own.
 func ManagerPool(ms []*distlock.Manager, ttl time.Duration) LockFunc {
-	free := make(chan *distlock.Manager, len(ms))
-	for _, m := range ms {
-		free <- m
+	locks := make([]LockFunc, len(ms))
+	for i, m := range ms {
+		locks[i] = func(ctx context.Context, key string) (func(context.Context) error, error) {
+			tok, err := m.Acquire(ctx, key, ttl)
+			if err != nil {
+				return nil, err
+			}
+			return func(ctx context.Context) error { return m.Release(ctx, key, tok) }, nil
+		}
+	}
+	return LockPool(locks...)
+}
+
+// LockPool returns a LockFunc in which each lock borrows one of locks (a
+// manager, a client, a session or a connection of its own) from the
+// acquire until the release, so that concurrent goroutines act as separate
+// processes: with as many goroutines as locks, no two goroutines ever use
+// the same one at once. An acquire that fails returns its lock at once.
+func LockPool(locks ...LockFunc) LockFunc {
+	free := make(chan LockFunc, len(locks))
+	for _, l := range locks {
+		free <- l
 	}
 	return func(ctx context.Context, key string) (func(context.Context) error, error) {
-		m := <-free
-		tok, err := m.Acquire(ctx, key, ttl)
+		var l LockFunc
+		select {
+		case l = <-free:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		unlock, err := l(ctx, key)
 		if err != nil {
-			free <- m
+			free <- l
 			return nil, err
 		}
 		return func(ctx context.Context) error {
-			defer func() { free <- m }()
-			return m.Release(ctx, key, tok)
+			defer func() { free <- l }()
+			return unlock(ctx)
 		}, nil
 	}
+}
+
+// PoolOf returns LockPool over n locks made by mk: n managers, clients,
+// sessions or connections, one per goroutine of a contended run of n
+// goroutines, as n processes would have.
+func PoolOf(n int, mk func() LockFunc) LockFunc {
+	locks := make([]LockFunc, n)
+	for i := range locks {
+		locks[i] = mk()
+	}
+	return LockPool(locks...)
 }
 
 // ErrNotExclusive is returned by Contended when two goroutines held the
@@ -336,25 +374,77 @@ func contendedRun(ctx context.Context, goroutines int, d time.Duration, lock Loc
 // own phases, wait percentiles over all its acquires, grants per goroutine
 // summed. Each phase uses a fresh key.
 func ContendedInterleaved(ctx context.Context, goroutines, rounds int, phase time.Duration, locks ...NamedLock) (map[string]ContendedResult, error) {
-	raws := make([]contendedRaw, len(locks))
+	names := make([]string, len(locks))
+	for j, l := range locks {
+		names[j] = l.Name
+	}
+	return interleave(names, rounds, func(j int) (contendedRaw, error) {
+		return contendedRun(ctx, goroutines, phase, locks[j].Lock)
+	})
+}
+
+// interleave runs run(j) for every contender j in turn, rounds times, and
+// sums each contender's phases into its result.
+func interleave(names []string, rounds int, run func(j int) (contendedRaw, error)) (map[string]ContendedResult, error) {
+	raws := make([]contendedRaw, len(names))
 	for round := 0; round < max(rounds, 1); round++ {
-		for j, l := range locks {
-			raw, err := contendedRun(ctx, goroutines, phase, l.Lock)
+		for j, name := range names {
+			raw, err := run(j)
 			if err != nil {
-				return nil, fmt.Errorf("%s: %w", l.Name, err)
+				return nil, fmt.Errorf("%s: %w", name, err)
 			}
 			raws[j].add(raw)
 		}
 	}
-	out := make(map[string]ContendedResult, len(locks))
-	for j, l := range locks {
+	out := make(map[string]ContendedResult, len(names))
+	for j, name := range names {
 		r, err := raws[j].result()
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", l.Name, err)
+			return nil, fmt.Errorf("%s: %w", name, err)
 		}
-		out[l.Name] = r
+		out[name] = r
 	}
 	return out, nil
+}
+
+// RunContendedInterleaved runs ContendedInterleaved with b.N rounds (so
+// -benchtime 5x is five phases per lock) and reports the figures with
+// ReportInterleaved: put the baseline (the peer) first.
+func RunContendedInterleaved(b *testing.B, goroutines int, phase time.Duration, locks ...NamedLock) {
+	b.Helper()
+	names := make([]string, len(locks))
+	for j, l := range locks {
+		names[j] = l.Name
+	}
+	b.ResetTimer()
+	res, err := ContendedInterleaved(context.Background(), goroutines, b.N, phase, locks...)
+	b.StopTimer()
+	if err != nil {
+		b.Fatal(err)
+	}
+	ReportInterleaved(b, names, res)
+}
+
+// ReportInterleaved logs each contender's figures and reports, for each,
+// <name>-owner-changes/s, <name>-wait-p99-µs and <name>-failures, and for
+// every contender after the first <name>/<first>-changes: the ratio of its
+// owner changes per second to the first one's (the baseline).
+func ReportInterleaved(b *testing.B, names []string, res map[string]ContendedResult) {
+	b.Helper()
+	if len(names) == 0 {
+		return
+	}
+	base := res[names[0]].OwnerChangesPerSec
+	for j, name := range names {
+		r := res[name]
+		b.Logf("%s: %s", name, r)
+		b.ReportMetric(r.OwnerChangesPerSec, name+"-owner-changes/s")
+		b.ReportMetric(float64(r.WaitP99.Nanoseconds())/1e3, name+"-wait-p99-µs")
+		b.ReportMetric(float64(r.Failures), name+"-failures")
+		if j > 0 && base > 0 {
+			b.ReportMetric(r.OwnerChangesPerSec/base, name+"/"+names[0]+"-changes")
+		}
+	}
 }
 
 // percentiles returns the 50th and 99th percentiles of samples (sorted in

@@ -317,3 +317,46 @@ func BenchmarkPostgresUncontendedPaired(b *testing.B) {
 		paired(b, rawTry(newPool(b, url, 1)), viaAcquire(newPGManager(b, url, 1, distlock.DefaultRetry)))
 	})
 }
+
+func init() {
+	// Blocking pg_advisory_lock on one connection of the child's own: the
+	// server's own queue.
+	RegisterChild("pg-advisory-lock", func(ctx context.Context, url string) (LockFunc, func(), error) {
+		cfg, err := pgxpool.ParseConfig(url)
+		if err != nil {
+			return nil, nil, err
+		}
+		cfg.MaxConns = 1
+		pool, err := pgxpool.NewWithConfig(ctx, cfg)
+		if err != nil {
+			return nil, nil, err
+		}
+		return rawBlocking(pool), pool.Close, nil
+	})
+}
+
+// BenchmarkPostgresManagers16Interleaved: 16 goroutines on one key, each
+// with a Manager of its own on one connection (as 16 processes would be),
+// taking turns in 1s phases with blocking pg_advisory_lock on one
+// connection per goroutine (the server's queue). b.N rounds: run with
+// -benchtime 5x. The issue 12 target: distlock ≥ 0.8× the queue's owner
+// changes/s.
+func BenchmarkPostgresManagers16Interleaved(b *testing.B) {
+	url := postgresURL(b)
+	RunContendedInterleaved(b, 16, time.Second,
+		NamedLock{"pg-advisory-lock", PoolOf(16, func() LockFunc { return rawBlocking(newPool(b, url, 1)) })},
+		NamedLock{"distlock", PoolOf(16, func() LockFunc { return viaAcquire(newPGManager(b, url, 1, contendedRetry)) })},
+	)
+}
+
+// BenchmarkPostgresProcesses8: 8 OS processes on one key (this test
+// binary re-executed, see processes.go), taking turns in 2s phases between
+// blocking pg_advisory_lock on a connection per process and distlock
+// (distlock.Open). b.N rounds: run with -benchtime 3x.
+func BenchmarkPostgresProcesses8(b *testing.B) {
+	url := postgresURL(b)
+	RunProcessesInterleaved(b, 8, processPhase,
+		ProcessLock{Name: "pg-advisory-lock", Kind: "pg-advisory-lock", URL: url},
+		ProcessLock{Name: "distlock", Kind: "distlock", URL: url},
+	)
+}

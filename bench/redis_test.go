@@ -448,20 +448,71 @@ func BenchmarkRedisContended16Interleaved(b *testing.B) {
 		{"distlock-nofence", distlockAcquire(newRedisManager(b, newRedisClient(b, addr), longWait, redsyncLocker.WithoutFencing()))},
 		{"redsync", redsyncMutex(newRedsync(newRedisClient(b, addr)), rs.WithRetryDelay(time.Millisecond), rs.WithTries(math.MaxInt32))},
 	}
-	b.ResetTimer()
-	res, err := ContendedInterleaved(context.Background(), 16, b.N, time.Second, locks...)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.StopTimer()
-	base := res[locks[0].Name].OwnerChangesPerSec
-	for _, l := range locks {
-		r := res[l.Name]
-		b.Logf("%s: %s", l.Name, r)
-		b.ReportMetric(r.OwnerChangesPerSec, l.Name+"-owner-changes/s")
-		b.ReportMetric(float64(r.WaitP99.Nanoseconds())/1e3, l.Name+"-wait-p99-µs")
-		if l.Name != locks[0].Name && base > 0 {
-			b.ReportMetric(r.OwnerChangesPerSec/base, l.Name+"/"+locks[0].Name+"-changes")
+	RunContendedInterleaved(b, 16, time.Second, locks...)
+}
+
+// redisBenchURL returns a redis:// URL of the server for one top-level
+// benchmark (the environment's URL as given, password included).
+func redisBenchURL(b *testing.B) string {
+	b.Helper()
+	for _, env := range []string{"DISTLOCK_BENCH_REDIS_URL", distlocktest.RedisURLEnv} {
+		if raw := os.Getenv(env); raw != "" {
+			return raw
 		}
 	}
+	return "redis://" + redisAddr(b)
+}
+
+func init() {
+	RegisterChild("redislock-1ms", func(ctx context.Context, url string) (LockFunc, func(), error) {
+		opts, err := redis.ParseURL(url)
+		if err != nil {
+			return nil, nil, err
+		}
+		c := redis.NewClient(opts)
+		return bsmRedislock(c, redislock.LinearBackoff(time.Millisecond)), func() { _ = c.Close() }, nil
+	})
+	RegisterChild("redsync-1ms", func(ctx context.Context, url string) (LockFunc, func(), error) {
+		opts, err := redis.ParseURL(url)
+		if err != nil {
+			return nil, nil, err
+		}
+		c := redis.NewClient(opts)
+		return redsyncMutex(newRedsync(c), rs.WithRetryDelay(time.Millisecond), rs.WithTries(math.MaxInt32)), func() { _ = c.Close() }, nil
+	})
+}
+
+// BenchmarkRedisManagers16Interleaved: 16 goroutines on one key, each
+// with a Manager and a go-redis client of its own (as 16 processes would
+// be), taking turns in 1s phases with bsm/redislock (1ms retry) and
+// go-redsync (1ms retry), each also with a client per goroutine. b.N
+// rounds: run with -benchtime 5x. The issue 12 target: distlock ≥ 1.5×
+// redislock's owner changes/s, wait p99 ≤ 20 ms.
+func BenchmarkRedisManagers16Interleaved(b *testing.B) {
+	addr := redisAddr(b)
+	RunContendedInterleaved(b, 16, time.Second,
+		NamedLock{"redislock", PoolOf(16, func() LockFunc {
+			return bsmRedislock(newRedisClient(b, addr), redislock.LinearBackoff(time.Millisecond))
+		})},
+		NamedLock{"distlock", PoolOf(16, func() LockFunc {
+			return distlockAcquire(newRedisManager(b, newRedisClient(b, addr), contendedRetry))
+		})},
+		NamedLock{"redsync", PoolOf(16, func() LockFunc {
+			return redsyncMutex(newRedsync(newRedisClient(b, addr)), rs.WithRetryDelay(time.Millisecond), rs.WithTries(math.MaxInt32))
+		})},
+	)
+}
+
+// BenchmarkRedisProcesses8: 8 OS processes on one key (this test binary
+// re-executed, see processes.go), each opening its lock from the server's
+// URL, taking turns in 2s phases between bsm/redislock (1ms retry),
+// distlock (distlock.Open) and go-redsync (1ms retry). b.N rounds: run
+// with -benchtime 3x.
+func BenchmarkRedisProcesses8(b *testing.B) {
+	url := redisBenchURL(b)
+	RunProcessesInterleaved(b, 8, processPhase,
+		ProcessLock{Name: "redislock", Kind: "redislock-1ms", URL: url},
+		ProcessLock{Name: "distlock", Kind: "distlock", URL: url},
+		ProcessLock{Name: "redsync", Kind: "redsync-1ms", URL: url},
+	)
 }
