@@ -326,7 +326,11 @@ func (b *Backend) Acquire(ctx context.Context, key, token string, ttl time.Durat
 				nil,
 			)},
 		)
-		outer, err := b.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(stop), "=", 0)).Then(acquire).Commit()
+		var unstopped []clientv3.Cmp
+		if stop != "" {
+			unstopped = append(unstopped, clientv3.Compare(clientv3.CreateRevision(stop), "=", 0))
+		}
+		outer, err := b.cli.Txn(ctx).If(unstopped...).Then(acquire).Commit()
 		if err != nil {
 			if spare && try == 0 && errors.Is(err, rpctypes.ErrLeaseNotFound) {
 				continue // the spare lease is gone after all: grant a new one
