@@ -116,6 +116,7 @@ type Backend struct {
 	rn renewer // the keep-alive stream
 
 	lprefix string     // where the waiters' lines live ("" for none)
+	sprefix string     // where stop marks live ("" for none; see cutoff.go)
 	sessMu  sync.Mutex // serializes the session grant
 	sess    clientv3.LeaseID
 	seq     uint64
@@ -182,6 +183,7 @@ func New(cli *clientv3.Client, opts ...Option) *Backend {
 		hubs:       map[string]*hub{},
 		flights:    map[flightKey]chan struct{}{},
 		lprefix:    linePrefix(c.prefix),
+		sprefix:    stopPrefix(c.prefix),
 	}
 }
 
@@ -310,23 +312,40 @@ func (b *Backend) Acquire(ctx context.Context, key, token string, ttl time.Durat
 		}
 		lineCmps, lineOps, entry, nextEntry := b.lineTxn(k)
 		val := lockValue(token, 0)
-		resp, err := b.cli.Txn(ctx).
-			If(append([]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(k), "=", 0)}, lineCmps...)...).
-			Then(append([]clientv3.Op{clientv3.OpPut(k, val, clientv3.WithLease(l.id))}, lineOps...)...).
-			Else(clientv3.OpTxn(
+		// The whole transaction is guarded by the attempt's stop mark (see
+		// cutoff.go): if the call ends before it learns the outcome, the
+		// mark is written, after which the transaction cannot apply.
+		stop := b.stopMark(l.id)
+		acquire := clientv3.OpTxn(
+			append([]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(k), "=", 0)}, lineCmps...),
+			append([]clientv3.Op{clientv3.OpPut(k, val, clientv3.WithLease(l.id))}, lineOps...),
+			[]clientv3.Op{clientv3.OpTxn(
 				holds(k, token),
 				// The value (and the fence in it) stays as it is.
 				[]clientv3.Op{clientv3.OpPut(k, "", clientv3.WithIgnoreValue(), clientv3.WithLease(l.id), clientv3.WithPrevKV())},
 				nil,
-			)).Commit()
+			)},
+		)
+		var unstopped []clientv3.Cmp
+		if stop != "" {
+			unstopped = append(unstopped, clientv3.Compare(clientv3.CreateRevision(stop), "=", 0))
+		}
+		outer, err := b.cli.Txn(ctx).If(unstopped...).Then(acquire).Commit()
 		if err != nil {
 			if spare && try == 0 && errors.Is(err, rpctypes.ErrLeaseNotFound) {
 				continue // the spare lease is gone after all: grant a new one
 			}
-			// Ambiguous: the put may have happened. Leave the lease to
-			// expire with whatever it holds.
+			// Ambiguous: the transaction may apply, now or later, for a
+			// call that has ended. Stop it, and undo what it did.
+			b.undoCut(cutAttempt{k: k, value: val, lease: l.id, stop: stop, entry: entry, next: nextEntry})
 			return distlock.Grant{}, b.unavailable("txn", err)
 		}
+		if !outer.Succeeded {
+			// Stop marks are unique: only a bug (or an operator) makes one.
+			return distlock.Grant{}, b.unavailable("txn", errors.New("acquire stopped by its own mark"))
+		}
+		resp := (*clientv3.TxnResponse)(outer.Responses[0].GetResponseTxn())
+		resp.Header = outer.Header
 		var cur held
 		var prevLease clientv3.LeaseID
 		if resp.Succeeded {

@@ -213,10 +213,11 @@ func (b *Backend) revokeSession(id clientv3.LeaseID) {
 func (b *Backend) readLine(ctx context.Context, k, token string, join bool) (bool, error) {
 	lk := b.lineOf(k)
 	var ops []clientv3.Op
-	var name string
+	var name, mine string // the entry joining; the entry to check
+	var sid clientv3.LeaseID
 	if join {
-		sid, err := b.session(ctx)
-		if err != nil {
+		var err error
+		if sid, err = b.session(ctx); err != nil {
 			return false, err
 		}
 		b.mu.Lock()
@@ -224,16 +225,35 @@ func (b *Backend) readLine(ctx context.Context, k, token string, join bool) (boo
 		name = lk + fmt.Sprintf("%016x/%d", int64(sid), b.seq)
 		b.mu.Unlock()
 		ops = append(ops, clientv3.OpPut(name, "", clientv3.WithLease(sid)))
+	} else {
+		// Check that the entry is still there: one gone without this
+		// backend's knowing (an acquire cut off mid-request that moved it,
+		// an operator) would fail every acquire's comparison.
+		b.mu.Lock()
+		if h := b.hubs[k]; h != nil {
+			mine = h.line.entry
+		}
+		b.mu.Unlock()
+		if mine != "" {
+			ops = append(ops, clientv3.OpGet(mine, clientv3.WithCountOnly()))
+		}
 	}
 	ops = append(ops,
 		clientv3.OpGet(k),
 		clientv3.OpGet(lk, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend), clientv3.WithLimit(1), clientv3.WithKeysOnly()),
 	)
-	resp, err := b.cli.Txn(ctx).Then(ops...).Commit()
+	var resp *clientv3.TxnResponse
+	var err error
+	if join {
+		resp, err = b.joinTxn(ctx, name, sid, ops)
+		join = err == nil && resp.Succeeded
+	} else {
+		resp, err = b.cli.Txn(ctx).Then(ops...).Commit()
+	}
 	if err != nil {
 		return false, err
 	}
-	rs := resp.Responses[len(ops)-2:]
+	rs := resp.Responses[len(resp.Responses)-2:]
 	lock, line := rs[0].GetResponseRange(), rs[1].GetResponseRange()
 	first := ""
 	if len(line.Kvs) > 0 {
@@ -257,6 +277,13 @@ func (b *Backend) readLine(ctx context.Context, k, token string, join bool) (boo
 		} else {
 			l.entry, l.rev = name, resp.Header.Revision
 		}
+	} else if mine != "" && l.entry == mine && resp.Responses[0].GetResponseRange().GetCount() == 0 {
+		// The entry is gone: join again at the next attempt.
+		if l.linger != nil {
+			l.linger.Stop()
+		}
+		*l = lineState{}
+		return false, nil
 	}
 	l.readAt, l.stale = now, false
 	l.first = first == "" || first == l.entry
@@ -357,14 +384,19 @@ func (b *Backend) lineTxn(k string) (cmps []clientv3.Cmp, ops []clientv3.Op, ent
 // movedLocked records where an acquire at revision rev left this
 // backend's entry in k's line. Called with b.mu held.
 func (b *Backend) movedLocked(k, from, to string, rev int64) {
-	if h := b.hubs[k]; h != nil && h.line.entry == from {
-		if to == "" {
-			if h.line.linger != nil {
-				h.line.linger.Stop()
-			}
-			h.line = lineState{}
-			return
-		}
-		h.line.entry, h.line.rev, h.line.first = to, rev, false
+	h := b.hubs[k]
+	if h == nil || h.line.entry != from {
+		// The hub has ended or forgot from meanwhile: nobody here will
+		// take the new entry over, and it must not stay in the line.
+		b.leaveLocked(to)
+		return
 	}
+	if to == "" {
+		if h.line.linger != nil {
+			h.line.linger.Stop()
+		}
+		h.line = lineState{}
+		return
+	}
+	h.line.entry, h.line.rev, h.line.first = to, rev, false
 }
