@@ -20,17 +20,27 @@ type Lock struct {
 	fence uint64
 
 	releasing atomic.Bool
-	minHold   minHold // WithMinHold
+	// idx, renewNext and at are the handle's place in the Manager's
+	// scheduler (renew.go), guarded by m.sched.mu.
+	idx       int32 // index in the heap; -1 when not in it
+	renewNext bool  // the event at at is a renewal, else the expiry
+	ended     bool  // guarded by mu (kept here, where it packs)
+	at        int64 // the next event, in ns since the scheduler's epoch
+
+	minHold *minHold // WithMinHold; nil without
 
 	mu      sync.Mutex
 	ttl     time.Duration
 	expiry  time.Time
-	timer   *time.Timer // fires at expiry
-	done    chan struct{}
+	done    chan struct{} // made by the first Done, or closedChan by finish
 	err     error
-	ended   bool
 	unwatch func()
+	onLost  func(error) // Do: cancels fn's context
 }
+
+// closedChan is the Done channel of a handle that ended before anyone
+// asked for one.
+var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
 // Key returns the lock's key.
 func (l *Lock) Key() string { return l.key }
@@ -55,7 +65,18 @@ func (l *Lock) Expiry() time.Time {
 
 // Done returns a channel closed when the lock is no longer held: after
 // Release, or when it is lost.
-func (l *Lock) Done() <-chan struct{} { return l.done }
+func (l *Lock) Done() <-chan struct{} {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.done == nil {
+		if l.ended {
+			l.done = closedChan
+		} else {
+			l.done = make(chan struct{})
+		}
+	}
+	return l.done
+}
 
 // Err returns nil while the lock is held and after a clean Release; once the
 // lock is lost it returns an error matching ErrLockLost, wrapping the cause.
@@ -118,39 +139,35 @@ func (m *Manager) Lock(ctx context.Context, key string, ttl time.Duration, opts 
 	if err != nil {
 		return nil, err
 	}
-	l := &Lock{m: m, key: key, token: token, fence: g.Fence, ttl: g.TTL, expiry: t0.Add(g.valid()), done: make(chan struct{})}
+	l := &Lock{m: m, key: key, token: token, fence: g.Fence, ttl: g.TTL, expiry: t0.Add(g.valid()), idx: -1}
 	if cfg.minHold > 0 {
-		l.minHold.until = t0.Add(cfg.minHold)
+		l.minHold = &minHold{until: t0.Add(cfg.minHold)}
+	}
+	var renewAfter time.Duration
+	if cfg.autoRenew {
+		renewAfter = time.Duration(float64(g.TTL) * m.cfg.renewFrac)
 	}
 
 	m.mu.Lock()
-	if m.closed.Load() { // Close ran while we acquired: do not leave goroutines behind
-		m.mu.Unlock()
+	defer m.mu.Unlock()
+	if m.closed.Load() { // Close ran while we acquired: leave nothing behind
 		return nil, &Error{Op: "acquire", Key: key, Kind: ErrClosed}
 	}
-	m.locks[l] = struct{}{}
-	l.mu.Lock()
-	l.timer = time.AfterFunc(time.Until(l.expiry), l.onExpiry)
 	if m.watcher != nil {
-		l.unwatch = m.watcher.WatchLoss(key, token, func() {
-			// Called by the backend, maybe under its locks: finish (which
-			// calls unwatch) must run elsewhere.
-			go l.finish(&Error{Op: "watch", Key: key, Kind: ErrLockLost, Err: errors.New("backend reported the lock gone")})
-		})
+		// A loss reported at once waits for unwatch; finish waits for
+		// m.mu, so it takes l out of the scheduler after add.
+		l.mu.Lock()
+		l.unwatch = m.watcher.WatchLoss(key, token, l.lostByBackend)
+		l.mu.Unlock()
 	}
-	if cfg.autoRenew {
-		m.wg.Add(1)
-		go l.renew()
-	}
-	l.mu.Unlock()
-	m.mu.Unlock()
+	m.sched.add(l, l.expiry, renewAfter)
 	return l, nil
 }
 
-func (l *Lock) currentTTL() time.Duration {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.ttl
+// lostByBackend is the handle's LossWatcher callback. The backend may call
+// it under its own locks: finish (which calls unwatch) runs elsewhere.
+func (l *Lock) lostByBackend() {
+	go l.finish(&Error{Op: "watch", Key: l.key, Kind: ErrLockLost, Err: errors.New("backend reported the lock gone")})
 }
 
 // extended records a successful extension started at t0.
@@ -161,24 +178,14 @@ func (l *Lock) extended(g Grant, t0 time.Time) {
 		return
 	}
 	l.ttl = g.TTL
+	// The scheduler finds the new expiry when the old one comes.
 	if exp := t0.Add(g.valid()); exp.After(l.expiry) {
 		l.expiry = exp
-		l.timer.Reset(time.Until(exp))
 	}
 }
 
-func (l *Lock) onExpiry() {
-	l.mu.Lock()
-	if wait := time.Until(l.expiry); wait > 0 && !l.ended { // extended meanwhile
-		l.timer.Reset(wait)
-		l.mu.Unlock()
-		return
-	}
-	l.mu.Unlock()
-	l.finish(&Error{Op: "renew", Key: l.key, Kind: ErrLockLost, Err: errors.New("ttl expired")})
-}
-
-// finish marks the lock as no longer held, once.
+// finish marks the lock as no longer held, once, and takes it out of the
+// Manager and its scheduler.
 func (l *Lock) finish(reason error) {
 	l.mu.Lock()
 	if l.ended {
@@ -188,57 +195,38 @@ func (l *Lock) finish(reason error) {
 	l.ended = true
 	l.err = reason
 	l.m.obs.ended(l, reason) // before Done, so whoever waits on it sees the loss counted
-	close(l.done)
-	if l.timer != nil {
-		l.timer.Stop()
+	if l.done == nil {
+		l.done = closedChan
+	} else {
+		close(l.done)
 	}
-	unwatch := l.unwatch
+	unwatch, onLost := l.unwatch, l.onLost
 	l.mu.Unlock()
+	if onLost != nil && reason != nil {
+		onLost(reason)
+	}
 	if unwatch != nil {
 		unwatch()
 	}
-	l.m.mu.Lock()
-	delete(l.m.locks, l)
+	l.m.mu.Lock() // after Lock's add
+	l.m.sched.remove(l)
 	l.m.mu.Unlock()
 }
 
-// renew extends the lock every ttl×fraction until it ends, with the TTL of
-// the last grant or extension (so an Extend to a longer TTL is kept). A
-// failed renewal that is not ErrNotHeld is retried sooner; the expiry timer
-// declares the lock lost if none succeeds in time.
-func (l *Lock) renew() {
-	defer l.m.wg.Done()
-	ttl := l.currentTTL()
-	interval := time.Duration(float64(ttl) * l.m.cfg.renewFrac)
-	t := time.NewTimer(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-l.done:
-			return
-		case <-t.C:
-		}
-		ttl = l.currentTTL()
-		g, t0, kept, err := l.renewOnce(ttl)
-		if kept {
-			return
-		}
-		l.m.obs.renewed(l, err)
-		switch {
-		case err == nil:
-			l.extended(g, t0)
-			interval = time.Duration(float64(ttl) * l.m.cfg.renewFrac)
-		case errors.Is(err, ErrNotHeld):
-			if !l.releasing.Load() { // else Release is ending the lock itself
-				l.finish(&Error{Op: "renew", Key: l.key, Kind: ErrLockLost, Err: err})
-			}
-			return
-		case errors.Is(err, ErrClosed):
-			return
-		default: // transient: try again soon, until the expiry timer gives up
-			interval = max(ttl/10, 5*time.Millisecond)
-		}
-		t.Reset(interval)
+// whenLost arranges for lost to be called with the cause once the lock is
+// lost: at once if it has been lost already. Do uses it to cancel fn's
+// context without a goroutine of its own.
+func (l *Lock) whenLost(lost func(error)) {
+	l.mu.Lock()
+	if !l.ended {
+		l.onLost = lost
+		l.mu.Unlock()
+		return
+	}
+	err := l.err
+	l.mu.Unlock()
+	if err != nil {
+		lost(err)
 	}
 }
 
@@ -255,20 +243,9 @@ func (m *Manager) Do(ctx context.Context, key string, ttl time.Duration, fn func
 	}
 	oc.locked(l)
 	fctx, cancel := context.WithCancelCause(ctx)
-	watchDone := make(chan struct{})
-	go func() {
-		defer close(watchDone)
-		select {
-		case <-l.done:
-			if lerr := l.Err(); lerr != nil {
-				cancel(lerr)
-			}
-		case <-fctx.Done():
-		}
-	}()
+	l.whenLost(cancel)
 	ferr := fn(fctx)
 	cancel(nil)
-	<-watchDone
 	if lerr := l.Err(); lerr != nil {
 		return errors.Join(ferr, lerr)
 	}

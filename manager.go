@@ -35,7 +35,7 @@ type Manager struct {
 	closeErr  error
 
 	mu    sync.Mutex
-	locks map[*Lock]struct{}
+	sched scheduler // every live Lock handle; renews and expires them: renew.go
 	wg    sync.WaitGroup
 }
 
@@ -47,7 +47,6 @@ func New(b Backend, opts ...Option) *Manager {
 		b:       b,
 		caps:    b.Capabilities(),
 		cfg:     managerConfig{retry: DefaultRetry, renewFrac: 1.0 / 3, handoffLimit: DefaultHandoffLimit},
-		locks:   make(map[*Lock]struct{}),
 		queues:  make(map[string]*keyQueue),
 		closing: make(chan struct{}),
 	}
@@ -358,15 +357,13 @@ func (m *Manager) Close() error {
 	m.closeOnce.Do(func() {
 		m.closed.Store(true)
 		close(m.closing)
-		m.mu.Lock()
-		locks := make([]*Lock, 0, len(m.locks))
-		for l := range m.locks {
-			locks = append(locks, l)
-		}
+		m.mu.Lock() // a Lock that saw m open has added its handle
+		locks := m.sched.handles()
 		m.mu.Unlock()
 		for _, l := range locks {
 			l.finish(&Error{Op: "close", Key: l.key, Kind: ErrLockLost, Err: ErrClosed})
 		}
+		m.sched.stop()
 		m.wg.Wait()
 		m.obs.close()
 		m.closeErr = m.b.Close()

@@ -8,9 +8,10 @@ import (
 	"time"
 )
 
-// minHold is a Lock's WithMinHold state.
+// minHold is a Lock's WithMinHold state, allocated only for handles made
+// WithMinHold.
 type minHold struct {
-	until time.Time // keep the lock until then; zero: no minimum
+	until time.Time // keep the lock until then
 
 	mu   sync.Mutex // serializes a renewal with keep's Extend
 	kept bool       // keep's Extend succeeded: the lock is left to expire
@@ -31,8 +32,8 @@ func checkMinHold(c lockConfig) error {
 // hold, leaving it to expire then. It reports whether it handled the
 // release (false: release as usual).
 func (l *Lock) keep(ctx context.Context) (bool, error) {
-	h := &l.minHold
-	if h.until.IsZero() {
+	h := l.minHold
+	if h == nil {
 		return false, nil
 	}
 	h.mu.Lock()
@@ -60,16 +61,16 @@ func (l *Lock) keep(ctx context.Context) (bool, error) {
 
 // renewOnce is one renewal of the lock for ttl. It reports kept (and does
 // nothing) once a release under WithMinHold has set the lock's final TTL.
-func (l *Lock) renewOnce(ttl time.Duration) (g Grant, t0 time.Time, kept bool, err error) {
-	h := &l.minHold
-	if !h.until.IsZero() {
+// The renewal ends with ctx or at the lock's expiry.
+func (l *Lock) renewOnce(ctx context.Context, ttl time.Duration) (g Grant, t0 time.Time, kept bool, err error) {
+	if h := l.minHold; h != nil {
 		h.mu.Lock()
 		defer h.mu.Unlock()
 		if h.kept {
 			return Grant{}, time.Time{}, true, nil
 		}
 	}
-	ctx, cancel := context.WithDeadline(context.Background(), l.Expiry())
+	ctx, cancel := context.WithDeadline(ctx, l.Expiry())
 	defer cancel()
 	g, t0, err = l.m.extend(ctx, "renew", l.key, l.token, ttl)
 	return g, t0, false, err

@@ -330,17 +330,7 @@ func newObserver(m *Manager, c obsConfig) *observer {
 	}
 
 	reg, err := meter.RegisterCallback(func(_ context.Context, obs metric.Observer) error {
-		var n int64
-		m.mu.Lock()
-		for l := range m.locks {
-			l.mu.Lock()
-			if !l.ended { // finish leaves m.locks after closing Done
-				n++
-			}
-			l.mu.Unlock()
-		}
-		m.mu.Unlock()
-		obs.ObserveInt64(o.held, n, o.backendObs...)
+		obs.ObserveInt64(o.held, int64(m.sched.held()), o.backendObs...)
 		return nil
 	}, o.held)
 	if err != nil {
