@@ -11,6 +11,7 @@ import (
 
 	"github.com/distlock/distlock"
 	"github.com/distlock/distlock/distlocktest"
+	"github.com/distlock/distlock/internal/testserver"
 )
 
 // recordHandler keeps the records slog hands it.
@@ -73,5 +74,36 @@ func TestGoRedisLogsToSlog(t *testing.T) {
 	}
 	if !strings.HasPrefix(r, "DEBUG ") || !strings.Contains(r, "component=go-redis") {
 		t.Fatalf("go-redis record %q: want Debug with component=go-redis", r)
+	}
+}
+
+// TestOpenFailsFast: Open of a port that accepts connections but never
+// answers returns ErrUnavailable within the URL's dial_timeout, even with
+// context.Background(), for one server and for Redlock; and says which
+// protocol it expected.
+func TestOpenFailsFast(t *testing.T) {
+	silent := testserver.StartBogus(t, nil).Addr
+	ssh := testserver.StartBogus(t, testserver.SSHGreeting).Addr
+	for _, u := range []string{
+		"redis://" + silent + "?dial_timeout=1s",
+		"redlock://" + silent + "," + ssh + "?dial_timeout=1s",
+		"redis://" + ssh + "?dial_timeout=1s",
+	} {
+		t0 := time.Now()
+		m, err := distlock.Open(context.Background(), u)
+		took := time.Since(t0)
+		if err == nil {
+			_ = m.Close()
+			t.Fatalf("Open(%s) succeeded", u)
+		}
+		if !errors.Is(err, distlock.ErrUnavailable) {
+			t.Fatalf("Open(%s): got %v, want ErrUnavailable", u, err)
+		}
+		if took > 3*time.Second {
+			t.Fatalf("Open(%s) took %v with dial_timeout=1s", u, took)
+		}
+		if strings.Contains(u, "redis://"+ssh) && !strings.Contains(err.Error(), "Redis protocol") {
+			t.Fatalf("Open(%s): %v: want it to say the Redis protocol was expected", u, err)
+		}
 	}
 }

@@ -54,8 +54,9 @@ func (slogRedis) Printf(ctx context.Context, format string, v ...any) {
 
 func quietRedis() { quietRedisOnce.Do(func() { redis.SetLogger(slogRedis{}) }) }
 
-// openPingTimeout bounds the ping of Open when ctx has no deadline.
-const openPingTimeout = 5 * time.Second
+// DefaultConnectTimeout bounds Open (its ping of every server) unless the
+// URL's dial_timeout says otherwise, whatever the caller's context.
+const DefaultConnectTimeout = 5 * time.Second
 
 func openRedis(ctx context.Context, u *url.URL) (distlock.Backend, error) {
 	quietRedis()
@@ -178,16 +179,18 @@ func parseURL(raw string) (*redis.Options, error) {
 	}
 	// Let ctx deadlines interrupt commands to a stalled server.
 	opts.ContextTimeoutEnabled = true
+	if !strings.Contains(raw, "dial_timeout=") {
+		opts.DialTimeout = DefaultConnectTimeout
+	}
 	return opts, nil
 }
 
-// ping checks that addr speaks Redis and accepts the credentials.
+// ping checks that addr speaks Redis and accepts the credentials, within
+// the client's dial timeout (the URL's dial_timeout, else
+// DefaultConnectTimeout) whatever ctx allows.
 func ping(ctx context.Context, c *redis.Client) error {
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, openPingTimeout)
-		defer cancel()
-	}
+	ctx, cancel := context.WithTimeout(ctx, c.Options().DialTimeout)
+	defer cancel()
 	addr := c.Options().Addr
 	err := c.Ping(ctx).Err()
 	if err == nil {
