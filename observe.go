@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"reflect"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -219,25 +218,18 @@ func reasonOf(err error) reason {
 }
 
 // defaultTracerProvider and defaultMeterProvider are the global providers
-// OpenTelemetry starts with, while no SDK is installed: their spans record
-// nothing (yet starting one costs hundreds of ns) and their instruments are
-// disabled. Each is nil if a provider was installed before this package's
-// init.
+// as this package found them at its initialisation: OpenTelemetry's own
+// delegating providers while no SDK is installed, whose spans record
+// nothing (yet starting one costs hundreds of ns) and whose instruments are
+// disabled. A Manager on the global providers starts spans and measures
+// only once the global provider is another one (an SDK installed, usually
+// in main). A provider installed in some package's init before this one's
+// is taken for the default here: pass it with WithTracerProvider or
+// WithMeterProvider.
 var (
-	defaultTracerProvider = globalDefault(otel.GetTracerProvider())
-	defaultMeterProvider  = globalDefault(otel.GetMeterProvider())
+	defaultTracerProvider = otel.GetTracerProvider()
+	defaultMeterProvider  = otel.GetMeterProvider()
 )
-
-// globalDefault returns p if it is OpenTelemetry's own global delegating
-// provider, the zero P otherwise.
-func globalDefault[P any](p P) P {
-	if t := reflect.TypeOf(p); t != nil && t.Kind() == reflect.Pointer &&
-		t.Elem().PkgPath() == "go.opentelemetry.io/otel/internal/global" {
-		return p
-	}
-	var zero P
-	return zero
-}
 
 // observer holds one Manager's logger and instruments, made once in New.
 // A nil *observer observes nothing; every hook accepts one.

@@ -153,9 +153,11 @@ var handoffCases = []Case{
 					mu.Lock()
 					grants++
 					mu.Unlock()
-					// Hold it a moment, as real work would: the other busy
-					// goroutines are in the line by the release.
-					time.Sleep(2 * time.Millisecond)
+					// Hold it until the other busy goroutines are in the
+					// line, so that the release hands the key on.
+					for busy.Waiting(key) < 2 && ctx.Err() == nil {
+						time.Sleep(100 * time.Microsecond) // poll the condition
+					}
 					if err := busy.Release(context.WithoutCancel(ctx), key, tok); err != nil {
 						t.Errorf("busy Release: %v", err)
 						return

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -35,7 +34,6 @@ type notifier struct {
 	subs   map[string]*chanSub // by channel, for ps
 	closed bool
 	loops  sync.WaitGroup // receive loops, including those of closed connections
-	active atomic.Int32   // subs with waiters: keys waited on by this client
 }
 
 type chanSub struct {
@@ -90,7 +88,6 @@ func (n *notifier) add(ctx context.Context, channel string, ch chan struct{}) (<
 		n.subs[channel] = s
 	}
 	if len(s.waiters) == 0 { // new, or lingering after its last waiter
-		n.active.Add(1)
 		if s.idle != nil {
 			s.idle.Stop()
 			s.idle = nil
@@ -117,7 +114,6 @@ func (n *notifier) remove(channel string, s *chanSub, ch chan struct{}) {
 	if len(s.waiters) > 0 || n.subs[channel] != s {
 		return
 	}
-	n.active.Add(-1)
 	if n.closed {
 		return
 	}
@@ -151,9 +147,6 @@ func (n *notifier) drop() {
 	if n.ps != nil {
 		_ = n.ps.Close()
 		for _, s := range n.subs {
-			if len(s.waiters) > 0 {
-				n.active.Add(-1)
-			}
 			if s.idle != nil {
 				s.idle.Stop()
 			}
