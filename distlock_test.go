@@ -12,6 +12,7 @@ import (
 
 	"github.com/distlock/distlock"
 	"github.com/distlock/distlock/backends/memory"
+	"github.com/distlock/distlock/driver"
 )
 
 func TestRetryStrategies(t *testing.T) {
@@ -121,7 +122,7 @@ var registerLeaky sync.Once
 
 func TestOpenScrubsSecretsFromBackendErrors(t *testing.T) {
 	registerLeaky.Do(func() {
-		distlock.Register("leaky", func(_ context.Context, u *url.URL) (distlock.Backend, error) {
+		distlock.Register("leaky", func(_ context.Context, u *url.URL) (driver.Backend, error) {
 			p, _ := u.User.Password()
 			return nil, distlock.Unavailable(errors.New("auth failed for " + u.String() + " with " + p + " and " + u.Query().Get("password")))
 		})
@@ -194,23 +195,23 @@ func TestTTLRoundedUp(t *testing.T) {
 }
 
 type roundingBackend struct {
-	distlock.Backend
+	driver.Backend
 	last time.Duration
 }
 
-func (r *roundingBackend) Capabilities() distlock.Capabilities {
+func (r *roundingBackend) Capabilities() driver.Capabilities {
 	c := r.Backend.Capabilities()
 	c.MinTTL, c.Granularity = 2*time.Second, time.Second
 	return c
 }
 
-func (r *roundingBackend) Acquire(ctx context.Context, key, token string, ttl time.Duration) (distlock.Grant, error) {
+func (r *roundingBackend) Acquire(ctx context.Context, key, token string, ttl time.Duration) (driver.Grant, error) {
 	r.last = ttl
 	return r.Backend.Acquire(ctx, key, token, ttl)
 }
 
 func TestReleaseBroadcaster(t *testing.T) {
-	var r distlock.ReleaseBroadcaster
+	var r driver.ReleaseBroadcaster
 	a, stopA := r.Subscribe("k")
 	b, stopB := r.Subscribe("k")
 	other, stopOther := r.Subscribe("other")
@@ -276,12 +277,12 @@ func TestAutoRenewKeepsExtendedTTL(t *testing.T) {
 }
 
 type ttlRecorder struct {
-	distlock.Backend
+	driver.Backend
 	renewals atomic.Int64
 	last     atomic.Int64
 }
 
-func (r *ttlRecorder) Extend(ctx context.Context, key, token string, ttl time.Duration) (distlock.Grant, error) {
+func (r *ttlRecorder) Extend(ctx context.Context, key, token string, ttl time.Duration) (driver.Grant, error) {
 	r.last.Store(int64(ttl))
 	r.renewals.Add(1)
 	return r.Backend.Extend(ctx, key, token, ttl)

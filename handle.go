@@ -6,6 +6,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/distlock/distlock/driver"
 )
 
 // Lock is a held lock: the handle returned by Manager.Lock. It knows its
@@ -139,7 +141,7 @@ func (m *Manager) Lock(ctx context.Context, key string, ttl time.Duration, opts 
 	if err != nil {
 		return nil, err
 	}
-	l := &Lock{m: m, key: key, token: token, fence: g.Fence, ttl: g.TTL, expiry: t0.Add(g.valid()), idx: -1}
+	l := &Lock{m: m, key: key, token: token, fence: g.Fence, ttl: g.TTL, expiry: t0.Add(grantValid(g)), idx: -1}
 	if cfg.minHold > 0 {
 		l.minHold = &minHold{until: t0.Add(cfg.minHold)}
 	}
@@ -171,7 +173,7 @@ func (l *Lock) lostByBackend() {
 }
 
 // extended records a successful extension started at t0.
-func (l *Lock) extended(g Grant, t0 time.Time) {
+func (l *Lock) extended(g driver.Grant, t0 time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.ended {
@@ -179,7 +181,7 @@ func (l *Lock) extended(g Grant, t0 time.Time) {
 	}
 	l.ttl = g.TTL
 	// The scheduler finds the new expiry when the old one comes.
-	if exp := t0.Add(g.valid()); exp.After(l.expiry) {
+	if exp := t0.Add(grantValid(g)); exp.After(l.expiry) {
 		l.expiry = exp
 	}
 }

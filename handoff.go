@@ -3,6 +3,8 @@ package distlock
 import (
 	"context"
 	"time"
+
+	"github.com/distlock/distlock/driver"
 )
 
 // In-process hand-off. Goroutines of one Manager that wait for the same key
@@ -61,7 +63,7 @@ type waiter struct {
 }
 
 type handoff struct {
-	g  Grant
+	g  driver.Grant
 	t0 time.Time
 }
 

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/distlock/distlock/driver"
 )
 
 // Manager is the portable LockManager over one Backend. It validates
@@ -16,11 +18,11 @@ import (
 // and reports lost ones — the same for every backend. It is safe for
 // concurrent use.
 type Manager struct {
-	b          Backend
+	b          driver.Backend
 	caps       Capabilities
-	notifier   ReleaseNotifier
-	watcher    LossWatcher
-	transferer Transferer
+	notifier   driver.ReleaseNotifier
+	watcher    driver.LossWatcher
+	transferer driver.Transferer
 	cfg        managerConfig
 	obs        *observer // logs, metrics, traces: observe.go
 	unmet      error     // why the backend fails Require, if it does
@@ -42,7 +44,7 @@ type Manager struct {
 var _ LockManager = (*Manager)(nil)
 
 // New returns a Manager over b. The Manager owns b and closes it on Close.
-func New(b Backend, opts ...Option) *Manager {
+func New(b driver.Backend, opts ...Option) *Manager {
 	m := &Manager{
 		b:       b,
 		caps:    b.Capabilities(),
@@ -50,9 +52,9 @@ func New(b Backend, opts ...Option) *Manager {
 		queues:  make(map[string]*keyQueue),
 		closing: make(chan struct{}),
 	}
-	m.notifier, _ = b.(ReleaseNotifier)
-	m.watcher, _ = b.(LossWatcher)
-	m.transferer, _ = b.(Transferer)
+	m.notifier, _ = b.(driver.ReleaseNotifier)
+	m.watcher, _ = b.(driver.LossWatcher)
+	m.transferer, _ = b.(driver.Transferer)
 	for _, o := range opts {
 		if o != nil {
 			o(&m.cfg)
@@ -60,7 +62,7 @@ func New(b Backend, opts ...Option) *Manager {
 	}
 	m.obs = newObserver(m, m.cfg.obs)
 	if len(m.cfg.require) > 0 {
-		m.unmet = m.caps.Satisfies(m.cfg.require...)
+		m.unmet = satisfies(m.caps, m.cfg.require...)
 	}
 	return m
 }
@@ -86,32 +88,32 @@ func (m *Manager) Acquire(ctx context.Context, key string, ttl time.Duration, to
 // acquire is the wait loop shared by Acquire, Lock and Do. It returns the
 // token, the grant, and when the successful attempt started (the base of
 // the conservative expiry). oc observes the call (observe.go).
-func (m *Manager) acquire(ctx context.Context, key string, ttl time.Duration, token string, explicit bool, retry RetryStrategy, oc *call) (string, Grant, time.Time, error) {
+func (m *Manager) acquire(ctx context.Context, key string, ttl time.Duration, token string, explicit bool, retry RetryStrategy, oc *call) (string, driver.Grant, time.Time, error) {
 	const op = "acquire"
 	if m.closed.Load() {
-		return "", Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: ErrClosed}
+		return "", driver.Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: ErrClosed}
 	}
 	if m.unmet != nil {
-		return "", Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: ErrUnsupported, Err: m.unmet}
+		return "", driver.Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: ErrUnsupported, Err: m.unmet}
 	}
 	if err := checkRetry(retry); err != nil {
-		return "", Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: ErrInvalidArgument, Err: err}
+		return "", driver.Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: ErrInvalidArgument, Err: err}
 	}
 	if err := checkKey(key); err != nil {
-		return "", Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: ErrInvalidArgument, Err: err}
+		return "", driver.Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: ErrInvalidArgument, Err: err}
 	}
 	ttl, err := m.roundTTL(ttl)
 	if err != nil {
-		return "", Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: ErrInvalidArgument, Err: err}
+		return "", driver.Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: ErrInvalidArgument, Err: err}
 	}
 	if !explicit {
 		token = m.newToken(key)
 	}
 	if err := checkToken(token); err != nil {
-		return "", Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: ErrInvalidArgument, Err: err}
+		return "", driver.Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: ErrInvalidArgument, Err: err}
 	}
 	if err := ctx.Err(); err != nil {
-		return "", Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: ErrNotAcquired, Err: err}
+		return "", driver.Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: ErrNotAcquired, Err: err}
 	}
 
 	var (
@@ -132,7 +134,7 @@ func (m *Manager) acquire(ctx context.Context, key string, ttl time.Duration, to
 	}()
 	// fail ends the call without the lock. A waiter leaves the line first;
 	// a release that handed it the key meanwhile is passed on.
-	fail := func(kind, c error) (string, Grant, time.Time, error) {
+	fail := func(kind, c error) (string, driver.Grant, time.Time, error) {
 		if w != nil && m.leave(key, w) != nil {
 			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), max(ttl, time.Second))
 			_ = m.release(rctx, key, token)
@@ -141,9 +143,9 @@ func (m *Manager) acquire(ctx context.Context, key string, ttl time.Duration, to
 		if kind == ErrUnavailable {
 			c = m.annotate(c)
 		}
-		return "", Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: kind, Err: c}
+		return "", driver.Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: kind, Err: c}
 	}
-	ctxEnded := func(err, kind, cerr error) (string, Grant, time.Time, error) {
+	ctxEnded := func(err, kind, cerr error) (string, driver.Grant, time.Time, error) {
 		if held {
 			return fail(ErrNotAcquired, waitEnded(time.Since(start), cerr))
 		}
@@ -168,7 +170,7 @@ func (m *Manager) acquire(ctx context.Context, key string, ttl time.Duration, to
 		head := w == nil || m.isHead(w)
 		if head {
 			t0 := time.Now()
-			var g Grant
+			var g driver.Grant
 			g, err = m.b.Acquire(ctx, key, token, ttl)
 			oc.attempt(ctx, err)
 			if err == nil {
@@ -296,18 +298,18 @@ func (m *Manager) Extend(ctx context.Context, key, token string, ttl time.Durati
 	return err
 }
 
-func (m *Manager) extend(ctx context.Context, op, key, token string, ttl time.Duration) (Grant, time.Time, error) {
+func (m *Manager) extend(ctx context.Context, op, key, token string, ttl time.Duration) (driver.Grant, time.Time, error) {
 	if err := m.precheck(ctx, op, key, token); err != nil {
-		return Grant{}, time.Time{}, err
+		return driver.Grant{}, time.Time{}, err
 	}
 	ttl, err := m.roundTTL(ttl)
 	if err != nil {
-		return Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: ErrInvalidArgument, Err: err}
+		return driver.Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: ErrInvalidArgument, Err: err}
 	}
 	t0 := time.Now()
 	g, err := m.b.Extend(ctx, key, token, ttl)
 	if err != nil {
-		return Grant{}, time.Time{}, m.wrap(ctx, op, key, err)
+		return driver.Grant{}, time.Time{}, m.wrap(ctx, op, key, err)
 	}
 	if g.TTL < ttl {
 		g.TTL = ttl

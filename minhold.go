@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"sync"
 	"time"
+
+	"github.com/distlock/distlock/driver"
 )
 
 // minHold is a Lock's WithMinHold state, allocated only for handles made
@@ -62,12 +64,12 @@ func (l *Lock) keep(ctx context.Context) (bool, error) {
 // renewOnce is one renewal of the lock for ttl. It reports kept (and does
 // nothing) once a release under WithMinHold has set the lock's final TTL.
 // The renewal ends with ctx or at the lock's expiry.
-func (l *Lock) renewOnce(ctx context.Context, ttl time.Duration) (g Grant, t0 time.Time, kept bool, err error) {
+func (l *Lock) renewOnce(ctx context.Context, ttl time.Duration) (g driver.Grant, t0 time.Time, kept bool, err error) {
 	if h := l.minHold; h != nil {
 		h.mu.Lock()
 		defer h.mu.Unlock()
 		if h.kept {
-			return Grant{}, time.Time{}, true, nil
+			return driver.Grant{}, time.Time{}, true, nil
 		}
 	}
 	ctx, cancel := context.WithDeadline(ctx, l.Expiry())

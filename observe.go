@@ -8,6 +8,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/distlock/distlock/driver"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -436,13 +437,13 @@ func (o *observer) beginCall(ctx context.Context, name, key string) (context.Con
 
 // acquired ends the observation of an Acquire or Lock call: g and t0 are
 // what Manager.acquire returned (t0: when the granting attempt started).
-func (c *call) acquired(ctx context.Context, op string, g Grant, t0 time.Time, err error) {
+func (c *call) acquired(ctx context.Context, op string, g driver.Grant, t0 time.Time, err error) {
 	if c != nil {
 		c.acquiredSlow(ctx, op, g, t0, err)
 	}
 }
 
-func (c *call) acquiredSlow(ctx context.Context, op string, g Grant, t0 time.Time, err error) {
+func (c *call) acquiredSlow(ctx context.Context, op string, g driver.Grant, t0 time.Time, err error) {
 	o := c.o
 	now := time.Now()
 	out := outcomeOf(err)

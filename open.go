@@ -8,11 +8,13 @@ import (
 	"slices"
 	"strings"
 	"sync"
+
+	"github.com/distlock/distlock/driver"
 )
 
 // OpenFunc opens a Backend from a parsed URL. Backend packages register one
 // per scheme with Register.
-type OpenFunc func(ctx context.Context, u *url.URL) (Backend, error)
+type OpenFunc func(ctx context.Context, u *url.URL) (driver.Backend, error)
 
 var (
 	registryMu sync.RWMutex
@@ -89,7 +91,7 @@ func open(m *Manager) error {
 
 // OpenBackend opens the Backend named by rawURL without wrapping it in a
 // Manager (the conformance suite and tools use it).
-func OpenBackend(ctx context.Context, rawURL string) (Backend, error) {
+func OpenBackend(ctx context.Context, rawURL string) (driver.Backend, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil || u.Scheme == "" {
 		// url.Parse's error repeats the whole URL, password included.

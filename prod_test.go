@@ -15,6 +15,7 @@ import (
 	"github.com/distlock/distlock"
 	"github.com/distlock/distlock/backends/memory"
 	"github.com/distlock/distlock/distlockmock"
+	"github.com/distlock/distlock/driver"
 	"github.com/distlock/distlock/internal/testwait"
 )
 
@@ -151,7 +152,7 @@ func TestCapabilitiesOnInterfaceAndMock(t *testing.T) {
 		t.Fatalf("Capabilities through LockManager: %+v", c)
 	}
 	mock := distlockmock.NewMockLockManager(gomock.NewController(t))
-	mock.EXPECT().Capabilities().Return(distlock.Capabilities{Name: "fake", MinTTL: time.Second})
+	mock.EXPECT().Capabilities().Return(driver.Capabilities{Name: "fake", MinTTL: time.Second})
 	lm = mock
 	if c := lm.Capabilities(); c.Name != "fake" {
 		t.Fatalf("mock Capabilities: %+v", c)
@@ -161,13 +162,13 @@ func TestCapabilitiesOnInterfaceAndMock(t *testing.T) {
 // limited is a backend that declares neither fencing nor cross-instance
 // release, and whole-second leases of 2s at least; it records Close.
 type limited struct {
-	distlock.Backend
+	driver.Backend
 	mu     sync.Mutex
 	closed bool
 }
 
-func (l *limited) Capabilities() distlock.Capabilities {
-	return distlock.Capabilities{Name: "limited", MinTTL: 2 * time.Second, Granularity: time.Second}
+func (l *limited) Capabilities() driver.Capabilities {
+	return driver.Capabilities{Name: "limited", MinTTL: 2 * time.Second, Granularity: time.Second}
 }
 
 func (l *limited) Close() error {
@@ -184,7 +185,7 @@ var (
 
 func TestRequire(t *testing.T) {
 	limitedOnce.Do(func() {
-		distlock.Register("limited", func(context.Context, *url.URL) (distlock.Backend, error) {
+		distlock.Register("limited", func(context.Context, *url.URL) (driver.Backend, error) {
 			lastLimited = &limited{Backend: memory.NewStore().Backend()}
 			return lastLimited, nil
 		})
@@ -336,8 +337,8 @@ func TestInspect(t *testing.T) {
 	}
 	nm := distlock.New(&roundingBackend{Backend: memory.NewStore().Backend()})
 	defer nm.Close()
-	if _, err := nm.Inspect(ctx, "k"); !errors.Is(err, distlock.ErrUnsupported) || !strings.Contains(err.Error(), "distlock.Inspector") {
-		t.Fatalf("backend without Inspector: %v, want ErrUnsupported naming distlock.Inspector", err)
+	if _, err := nm.Inspect(ctx, "k"); !errors.Is(err, distlock.ErrUnsupported) || !strings.Contains(err.Error(), "driver.Inspector") {
+		t.Fatalf("backend without Inspector: %v, want ErrUnsupported naming driver.Inspector", err)
 	}
 	m.Close()
 	if _, err := m.Inspect(ctx, "k"); !errors.Is(err, distlock.ErrClosed) {

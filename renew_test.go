@@ -10,6 +10,7 @@ import (
 
 	"github.com/distlock/distlock"
 	"github.com/distlock/distlock/backends/memory"
+	"github.com/distlock/distlock/driver"
 	"github.com/distlock/distlock/internal/testwait"
 )
 
@@ -154,14 +155,14 @@ func TestAutoRenewSlowCallDelaysNoOther(t *testing.T) {
 // hangingBackend's Extend of the key "slow" blocks until unblock is closed,
 // whatever its context says.
 type hangingBackend struct {
-	distlock.Backend
+	driver.Backend
 	unblock chan struct{}
 }
 
-func (h *hangingBackend) Extend(ctx context.Context, key, token string, ttl time.Duration) (distlock.Grant, error) {
+func (h *hangingBackend) Extend(ctx context.Context, key, token string, ttl time.Duration) (driver.Grant, error) {
 	if key == "slow" {
 		<-h.unblock
-		return distlock.Grant{}, distlock.ErrNotHeld
+		return driver.Grant{}, distlock.ErrNotHeld
 	}
 	return h.Backend.Extend(ctx, key, token, ttl)
 }

@@ -62,9 +62,9 @@ func MinTTLAtMost(d time.Duration) Requirement {
 	}
 }
 
-// Satisfies checks caps against reqs and returns an error matching
+// satisfies checks caps against reqs and returns an error matching
 // ErrUnsupported naming every requirement that is not met, or nil.
-func (c Capabilities) Satisfies(reqs ...Requirement) error {
+func satisfies(c Capabilities, reqs ...Requirement) error {
 	var missing []string
 	for _, r := range reqs {
 		if r == nil {

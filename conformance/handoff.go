@@ -6,23 +6,24 @@ import (
 	"time"
 
 	"github.com/distlock/distlock"
+	"github.com/distlock/distlock/driver"
 )
 
 // longWait lets a waiter wait as long as the case does.
 var longWait = distlock.WithRetry(distlock.LimitWait(distlock.ExponentialBackoff(2*time.Millisecond, 100*time.Millisecond), time.Minute))
 
 // transferer returns a backend of the harness that implements
-// distlock.Transferer, or skips the case.
-func transferer(t TB, e *Env) (distlock.Backend, distlock.Transferer) {
+// driver.Transferer, or skips the case.
+func transferer(t TB, e *Env) (driver.Backend, driver.Transferer) {
 	t.Helper()
 	b, err := e.H.NewBackend(t.Context())
 	if err != nil {
 		t.Fatalf("harness NewBackend: %v", err)
 	}
 	t.Cleanup(func() { _ = b.Close() })
-	tr, ok := b.(distlock.Transferer)
+	tr, ok := b.(driver.Transferer)
 	if !ok {
-		t.Skipf("%s backend does not implement distlock.Transferer", e.Caps.Name)
+		t.Skipf("%s backend does not implement driver.Transferer", e.Caps.Name)
 	}
 	return b, tr
 }

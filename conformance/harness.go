@@ -25,7 +25,7 @@ package conformance
 import (
 	"context"
 
-	"github.com/distlock/distlock"
+	"github.com/distlock/distlock/driver"
 )
 
 // Harness makes backends for the suite.
@@ -33,7 +33,7 @@ type Harness interface {
 	// NewBackend returns a new backend with its own client or connection,
 	// talking to the same server as every other backend of this harness.
 	// The suite closes it through the Manager it wraps it in.
-	NewBackend(ctx context.Context) (distlock.Backend, error)
+	NewBackend(ctx context.Context) (driver.Backend, error)
 }
 
 // Stopper is implemented by harnesses that can stop and restart the server,
@@ -64,5 +64,5 @@ const (
 		"conformance.URL has one for redis, redlock, etcd and postgres URLs; see RedisRevoker, EtcdRevoker, PostgresRevoker"
 	noStopper = "harness does not implement conformance.Stopper (Stop(ctx) error, Start(ctx) error): " +
 		"use conformance.URL(url, conformance.WithStopper(s)), with s from conformance.Proxy or a distlocktest.Container"
-	noFencing = "backend declares no fencing (distlock.Capabilities.Fencing is false)"
+	noFencing = "backend declares no fencing (driver.Capabilities.Fencing is false)"
 )

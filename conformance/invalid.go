@@ -7,20 +7,21 @@ import (
 	"time"
 
 	"github.com/distlock/distlock"
+	"github.com/distlock/distlock/driver"
 )
 
 // counting wraps a backend and counts the calls that reach it.
 type counting struct {
-	distlock.Backend
+	driver.Backend
 	calls atomic.Int64
 }
 
-func (c *counting) Acquire(ctx context.Context, key, token string, ttl time.Duration) (distlock.Grant, error) {
+func (c *counting) Acquire(ctx context.Context, key, token string, ttl time.Duration) (driver.Grant, error) {
 	c.calls.Add(1)
 	return c.Backend.Acquire(ctx, key, token, ttl)
 }
 
-func (c *counting) Extend(ctx context.Context, key, token string, ttl time.Duration) (distlock.Grant, error) {
+func (c *counting) Extend(ctx context.Context, key, token string, ttl time.Duration) (driver.Grant, error) {
 	c.calls.Add(1)
 	return c.Backend.Extend(ctx, key, token, ttl)
 }

@@ -77,14 +77,14 @@ var runOnceCases = []Case{
 	}},
 }
 
-// inspectCases: Manager.Inspect, where the backend is a distlock.Inspector.
+// inspectCases: Manager.Inspect, where the backend is a driver.Inspector.
 var inspectCases = []Case{
 	{Topic: "Inspect", Name: "HeldTTLFenceReadOnly", Run: func(t TB, e *Env) {
 		m1, m2 := e.Manager(t), e.Manager(t, noRetry)
 		key := e.Key("inspect")
 		info, err := m1.Inspect(t.Context(), key)
 		if errors.Is(err, distlock.ErrUnsupported) {
-			t.Skipf("backend %q does not implement distlock.Inspector", e.Caps.Name)
+			t.Skipf("backend %q does not implement driver.Inspector", e.Caps.Name)
 		}
 		if err != nil || info.Held {
 			t.Fatalf("Inspect of a free key: %+v, %v", info, err)

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/distlock/distlock"
+	"github.com/distlock/distlock/driver"
 )
 
 // TB is the part of testing.TB the cases use. *testing.T satisfies it; Check
@@ -77,7 +78,7 @@ func WithSkip(names ...string) Option { return func(c *config) { c.skip = append
 // suite's settings.
 type Env struct {
 	H     Harness
-	Caps  distlock.Capabilities
+	Caps  driver.Capabilities
 	Short time.Duration // TTL for locks that are let expire
 	Long  time.Duration // TTL for locks that must outlive the case
 	cfg   config

@@ -12,6 +12,7 @@ import (
 	"github.com/distlock/distlock"
 	"github.com/distlock/distlock/backends/etcd"
 	"github.com/distlock/distlock/backends/postgres"
+	"github.com/distlock/distlock/driver"
 	"github.com/jackc/pgx/v5"
 	"github.com/redis/go-redis/v9"
 )
@@ -82,7 +83,7 @@ func URL(rawURL string, opts ...URLOption) Harness {
 
 type urlHarness struct{ raw string }
 
-func (h urlHarness) NewBackend(ctx context.Context) (distlock.Backend, error) {
+func (h urlHarness) NewBackend(ctx context.Context) (driver.Backend, error) {
 	return distlock.OpenBackend(ctx, h.raw)
 }
 

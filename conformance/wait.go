@@ -238,7 +238,7 @@ var fencingCases = []Case{
 	}},
 	{Topic: "Fencing", Name: "CrossInstanceRelease", Run: func(t TB, e *Env) {
 		if !e.Caps.CrossInstanceRelease {
-			t.Skipf("backend declares no cross-instance release (distlock.Capabilities.CrossInstanceRelease is false): only the holding client can release")
+			t.Skipf("backend declares no cross-instance release (driver.Capabilities.CrossInstanceRelease is false): only the holding client can release")
 		}
 		m1, m2, probe := e.Manager(t), e.Manager(t), e.Manager(t, noRetry)
 		key := e.Key("cross")

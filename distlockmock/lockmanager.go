@@ -15,6 +15,7 @@ import (
 	time "time"
 
 	distlock "github.com/distlock/distlock"
+	"github.com/distlock/distlock/driver"
 	gomock "go.uber.org/mock/gomock"
 )
 
@@ -87,10 +88,10 @@ func (c *MockLockManagerAcquireCall) DoAndReturn(f func(context.Context, string,
 }
 
 // Capabilities mocks base method.
-func (m *MockLockManager) Capabilities() distlock.Capabilities {
+func (m *MockLockManager) Capabilities() driver.Capabilities {
 	m.ctrl.T.Helper()
 	ret := m.ctrl.Call(m, "Capabilities")
-	ret0, _ := ret[0].(distlock.Capabilities)
+	ret0, _ := ret[0].(driver.Capabilities)
 	return ret0
 }
 
@@ -107,19 +108,19 @@ type MockLockManagerCapabilitiesCall struct {
 }
 
 // Return rewrite *gomock.Call.Return
-func (c *MockLockManagerCapabilitiesCall) Return(arg0 distlock.Capabilities) *MockLockManagerCapabilitiesCall {
+func (c *MockLockManagerCapabilitiesCall) Return(arg0 driver.Capabilities) *MockLockManagerCapabilitiesCall {
 	c.Call = c.Call.Return(arg0)
 	return c
 }
 
 // Do rewrite *gomock.Call.Do
-func (c *MockLockManagerCapabilitiesCall) Do(f func() distlock.Capabilities) *MockLockManagerCapabilitiesCall {
+func (c *MockLockManagerCapabilitiesCall) Do(f func() driver.Capabilities) *MockLockManagerCapabilitiesCall {
 	c.Call = c.Call.Do(f)
 	return c
 }
 
 // DoAndReturn rewrite *gomock.Call.DoAndReturn
-func (c *MockLockManagerCapabilitiesCall) DoAndReturn(f func() distlock.Capabilities) *MockLockManagerCapabilitiesCall {
+func (c *MockLockManagerCapabilitiesCall) DoAndReturn(f func() driver.Capabilities) *MockLockManagerCapabilitiesCall {
 	c.Call = c.Call.DoAndReturn(f)
 	return c
 }

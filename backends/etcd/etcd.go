@@ -43,6 +43,7 @@ import (
 	"time"
 
 	"github.com/distlock/distlock"
+	"github.com/distlock/distlock/driver"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -90,9 +91,9 @@ func WithRequestTimeout(d time.Duration) Option {
 	return func(c *config) { c.reqTimeout = d }
 }
 
-// Backend is the etcd implementation of distlock.Backend. It also
-// implements distlock.ReleaseNotifier, distlock.LossWatcher and
-// distlock.Transferer. It is safe for concurrent use.
+// Backend is the etcd implementation of driver.Backend. It also
+// implements driver.ReleaseNotifier, driver.LossWatcher and
+// driver.Transferer. It is safe for concurrent use.
 type Backend struct {
 	cli        *clientv3.Client
 	ownClient  bool
@@ -144,10 +145,10 @@ type grant struct {
 }
 
 var (
-	_ distlock.Backend         = (*Backend)(nil)
-	_ distlock.ReleaseNotifier = (*Backend)(nil)
-	_ distlock.LossWatcher     = (*Backend)(nil)
-	_ distlock.Transferer      = (*Backend)(nil)
+	_ driver.Backend         = (*Backend)(nil)
+	_ driver.ReleaseNotifier = (*Backend)(nil)
+	_ driver.LossWatcher     = (*Backend)(nil)
+	_ driver.Transferer      = (*Backend)(nil)
 )
 
 const (
@@ -202,9 +203,9 @@ func DetectMinTTL(ctx context.Context, cli *clientv3.Client) (time.Duration, err
 // Client returns the etcd client the backend uses.
 func (b *Backend) Client() *clientv3.Client { return b.cli }
 
-// Capabilities implements distlock.Backend.
-func (b *Backend) Capabilities() distlock.Capabilities {
-	return distlock.Capabilities{
+// Capabilities implements driver.Backend.
+func (b *Backend) Capabilities() driver.Capabilities {
+	return driver.Capabilities{
 		Name:                 "etcd",
 		Fencing:              true,
 		CrossInstanceRelease: true,
@@ -238,13 +239,13 @@ func (b *Backend) unavailable(op string, err error) error {
 	return distlock.Unavailable(fmt.Errorf("etcd %s: %s: %w", strings.Join(b.cli.Endpoints(), ","), op, err))
 }
 
-// Acquire implements distlock.Backend: a lease (a spare one of ours when
+// Acquire implements driver.Backend: a lease (a spare one of ours when
 // there is one, else a new grant) and one transaction that creates the key
 // if absent, or moves it to the new lease if token already holds it (the
 // key is never deleted, so there is no gap and the fence stays). A
 // re-acquire of a grant this backend made, for the same TTL, is a read and
 // a keep-alive of its lease: no write.
-func (b *Backend) Acquire(ctx context.Context, key, token string, ttl time.Duration) (distlock.Grant, error) {
+func (b *Backend) Acquire(ctx context.Context, key, token string, ttl time.Duration) (driver.Grant, error) {
 	start := time.Now()
 	ctx, cancel := b.reqCtx(ctx)
 	defer cancel()
@@ -255,7 +256,7 @@ func (b *Backend) Acquire(ctx context.Context, key, token string, ttl time.Durat
 	// decides what this call is (with the Manager, the first of its
 	// waiters may try just as the key is handed to it).
 	if err := b.awaitTransfer(ctx, k, token); err != nil {
-		return distlock.Grant{}, b.unavailable("acquire", err)
+		return driver.Grant{}, b.unavailable("acquire", err)
 	}
 	if g, ok, err := b.reacquireKnown(ctx, k, token, secs, start); err != nil || ok {
 		return g, err
@@ -263,22 +264,22 @@ func (b *Backend) Acquire(ctx context.Context, key, token string, ttl time.Durat
 
 	switch a := b.admit(k, token); a {
 	case admitWait:
-		return distlock.Grant{}, distlock.ErrNotAcquired
+		return driver.Grant{}, distlock.ErrNotAcquired
 	case admitJoin, admitLine:
 		ok, err := b.readLine(ctx, k, token, a == admitJoin)
 		if err != nil {
-			return distlock.Grant{}, b.unavailable("line", err)
+			return driver.Grant{}, b.unavailable("line", err)
 		}
 		if !ok {
-			return distlock.Grant{}, distlock.ErrNotAcquired
+			return driver.Grant{}, distlock.ErrNotAcquired
 		}
 	case admitPeek:
 		ok, err := b.peek(ctx, k, token)
 		if err != nil {
-			return distlock.Grant{}, b.unavailable("get", err)
+			return driver.Grant{}, b.unavailable("get", err)
 		}
 		if !ok {
-			return distlock.Grant{}, distlock.ErrNotAcquired
+			return driver.Grant{}, distlock.ErrNotAcquired
 		}
 	case admitCheck:
 		// Test before test-and-set: the watch says another token holds
@@ -286,17 +287,17 @@ func (b *Backend) Acquire(ctx context.Context, key, token string, ttl time.Durat
 		// linearizable read does not.
 		resp, err := b.cli.Get(ctx, k)
 		if err != nil {
-			return distlock.Grant{}, b.unavailable("get", err)
+			return driver.Grant{}, b.unavailable("get", err)
 		}
 		if len(resp.Kvs) > 0 && tokenOf(resp.Kvs[0].Value) != token {
-			return distlock.Grant{}, distlock.ErrNotAcquired
+			return driver.Grant{}, distlock.ErrNotAcquired
 		}
 	}
 
 	for try := 0; ; try++ {
 		l, spare, err := b.lease(ctx, secs)
 		if err != nil {
-			return distlock.Grant{}, err
+			return driver.Grant{}, err
 		}
 		var refreshed chan keepAlive
 		if spare {
@@ -338,11 +339,11 @@ func (b *Backend) Acquire(ctx context.Context, key, token string, ttl time.Durat
 			// Ambiguous: the transaction may apply, now or later, for a
 			// call that has ended. Stop it, and undo what it did.
 			b.undoCut(cutAttempt{k: k, value: val, lease: l.id, stop: stop, entry: entry, next: nextEntry})
-			return distlock.Grant{}, b.unavailable("txn", err)
+			return driver.Grant{}, b.unavailable("txn", err)
 		}
 		if !outer.Succeeded {
 			// Stop marks are unique: only a bug (or an operator) makes one.
-			return distlock.Grant{}, b.unavailable("txn", errors.New("acquire stopped by its own mark"))
+			return driver.Grant{}, b.unavailable("txn", errors.New("acquire stopped by its own mark"))
 		}
 		resp := (*clientv3.TxnResponse)(outer.Responses[0].GetResponseTxn())
 		resp.Header = outer.Header
@@ -366,11 +367,11 @@ func (b *Backend) Acquire(ctx context.Context, key, token string, ttl time.Durat
 					}
 					b.mu.Unlock()
 				}
-				return distlock.Grant{}, distlock.ErrNotAcquired
+				return driver.Grant{}, distlock.ErrNotAcquired
 			}
 			prev := inner.Responses[0].GetResponsePut().GetPrevKv()
 			if prev == nil {
-				return distlock.Grant{}, b.unavailable("txn", errors.New("re-acquire without previous key"))
+				return driver.Grant{}, b.unavailable("txn", errors.New("re-acquire without previous key"))
 			}
 			cur, prevLease = heldBy(prev), clientv3.LeaseID(prev.Lease)
 		}
@@ -386,13 +387,13 @@ func (b *Backend) Acquire(ctx context.Context, key, token string, ttl time.Durat
 						Then(clientv3.OpDelete(k)).Commit()
 					ucancel()
 				}
-				return distlock.Grant{}, b.unavailable("lease keep-alive", r.err)
+				return driver.Grant{}, b.unavailable("lease keep-alive", r.err)
 			}
 			l.ttl, l.fresh = r.ttl, r.at
 		}
 		b.granted(k, &grant{token: token, value: cur.value, createRev: cur.createRev, fence: cur.fence, rev: resp.Header.Revision,
 			lease: l.id, secs: secs, ttl: l.ttl, fresh: l.fresh}, prevLease)
-		return distlock.Grant{TTL: time.Duration(l.ttl) * time.Second, Fence: uint64(cur.fence)}, nil
+		return driver.Grant{TTL: time.Duration(l.ttl) * time.Second, Fence: uint64(cur.fence)}, nil
 	}
 }
 
@@ -487,26 +488,26 @@ func (b *Backend) grantedLocked(k string, g *grant, prevLease clientv3.LeaseID) 
 	}
 }
 
-// Extend implements distlock.Backend: it reads the key, and if token holds
+// Extend implements driver.Backend: it reads the key, and if token holds
 // it refreshes the key's lease (a keep-alive: no raft write). A lease
 // shorter than ttl is replaced by a new one in a transaction that compares
 // the token and the old lease. It never re-creates a key.
-func (b *Backend) Extend(ctx context.Context, key, token string, ttl time.Duration) (distlock.Grant, error) {
+func (b *Backend) Extend(ctx context.Context, key, token string, ttl time.Duration) (driver.Grant, error) {
 	ctx, cancel := b.reqCtx(ctx)
 	defer cancel()
 	k := b.prefix + key
 	secs := seconds(ttl)
 	resp, err := b.cli.Get(ctx, k)
 	if err != nil {
-		return distlock.Grant{}, b.unavailable("get", err)
+		return driver.Grant{}, b.unavailable("get", err)
 	}
 	if len(resp.Kvs) == 0 {
-		return distlock.Grant{}, distlock.ErrNotHeld
+		return driver.Grant{}, distlock.ErrNotHeld
 	}
 	kv := resp.Kvs[0]
 	cur := heldBy(kv)
 	if cur.token != token {
-		return distlock.Grant{}, distlock.ErrNotHeld
+		return driver.Grant{}, distlock.ErrNotHeld
 	}
 	old := cur.lease
 	if old != clientv3.NoLease {
@@ -514,43 +515,43 @@ func (b *Backend) Extend(ctx context.Context, key, token string, ttl time.Durati
 		ttl, err := b.renew(ctx, old)
 		switch {
 		case errors.Is(err, rpctypes.ErrLeaseNotFound):
-			return distlock.Grant{}, distlock.ErrNotHeld // expired or revoked: the key went with it
+			return driver.Grant{}, distlock.ErrNotHeld // expired or revoked: the key went with it
 		case err != nil:
-			return distlock.Grant{}, b.unavailable("lease keep-alive", err)
+			return driver.Grant{}, b.unavailable("lease keep-alive", err)
 		}
 		b.refreshed(k, old, t)
 		if ttl >= secs {
-			return distlock.Grant{TTL: time.Duration(ttl) * time.Second, Fence: uint64(cur.fence)}, nil
+			return driver.Grant{TTL: time.Duration(ttl) * time.Second, Fence: uint64(cur.fence)}, nil
 		}
 	}
 	// The lease is shorter than ttl (or the key has none): move the key to
 	// a new lease, only if token still holds it on the same lease.
 	l, spare, err := b.lease(ctx, secs)
 	if err != nil {
-		return distlock.Grant{}, err
+		return driver.Grant{}, err
 	}
 	tr, err := b.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.Value(k), "=", cur.value), clientv3.Compare(clientv3.CreateRevision(k), "=", cur.createRev),
 			clientv3.Compare(clientv3.LeaseValue(k), "=", old)).
 		Then(clientv3.OpPut(k, cur.value, clientv3.WithLease(l.id))).Commit()
 	if err != nil {
-		return distlock.Grant{}, b.unavailable("txn", err)
+		return driver.Grant{}, b.unavailable("txn", err)
 	}
 	if !tr.Succeeded {
 		b.putSpare(secs, l)
-		return distlock.Grant{}, distlock.ErrNotHeld
+		return driver.Grant{}, distlock.ErrNotHeld
 	}
 	if spare {
 		t := time.Now()
 		ttl, err := b.renew(ctx, l.id)
 		if err != nil {
-			return distlock.Grant{}, b.unavailable("lease keep-alive", err)
+			return driver.Grant{}, b.unavailable("lease keep-alive", err)
 		}
 		l.ttl, l.fresh = ttl, t
 	}
 	b.granted(k, &grant{token: token, value: cur.value, createRev: cur.createRev, fence: cur.fence, rev: tr.Header.Revision,
 		lease: l.id, secs: secs, ttl: l.ttl, fresh: l.fresh}, old)
-	return distlock.Grant{TTL: time.Duration(l.ttl) * time.Second, Fence: uint64(cur.fence)}, nil
+	return driver.Grant{TTL: time.Duration(l.ttl) * time.Second, Fence: uint64(cur.fence)}, nil
 }
 
 func (b *Backend) refreshed(k string, lease clientv3.LeaseID, t time.Time) {
@@ -561,7 +562,7 @@ func (b *Backend) refreshed(k string, lease clientv3.LeaseID, t time.Time) {
 	}
 }
 
-// Release implements distlock.Backend: one transaction deletes the key if
+// Release implements driver.Backend: one transaction deletes the key if
 // token holds it. The lease, keyless now, is kept for the next grant when
 // it is ours; otherwise it expires.
 func (b *Backend) Release(ctx context.Context, key, token string) error {
@@ -628,7 +629,7 @@ func (b *Backend) released(k, token string, lease clientv3.LeaseID, rev int64) {
 	}
 }
 
-// Close implements distlock.Backend: it stops the watches and, if the
+// Close implements driver.Backend: it stops the watches and, if the
 // backend was opened from a URL, closes its client. Spare leases are left
 // to expire (they hold no keys).
 func (b *Backend) Close() error {

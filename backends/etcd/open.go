@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/distlock/distlock"
+	"github.com/distlock/distlock/driver"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 )
@@ -35,7 +36,7 @@ const DefaultConnectTimeout = 5 * time.Second
 // whichever ends first: an endpoint that is down, or that speaks another
 // protocol than etcd's gRPC, gives ErrUnavailable naming the endpoints
 // within that time. Errors never contain the password.
-func Open(ctx context.Context, u *url.URL) (distlock.Backend, error) {
+func Open(ctx context.Context, u *url.URL) (driver.Backend, error) {
 	cfg, opts, err := parseURL(u)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", distlock.ErrInvalidArgument, err)

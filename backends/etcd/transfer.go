@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/distlock/distlock"
+	"github.com/distlock/distlock/driver"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -111,7 +112,7 @@ func tokenOf(v []byte) string {
 	return tok
 }
 
-// Transfer implements distlock.Transferer: one transaction that, if from
+// Transfer implements driver.Transferer: one transaction that, if from
 // holds key (the value and create revision this backend last saw, read
 // first if it made no grant of key to from), puts key with to's value and
 // the fence from's + 1 — one raft entry, and the key is never free. The new
@@ -120,9 +121,9 @@ func tokenOf(v []byte) string {
 // same TTL; otherwise it takes a spare or new lease, and from's lease, if
 // it is ours, becomes a spare. from's loss watchers here are ended as by a
 // release, not told of a loss.
-func (b *Backend) Transfer(ctx context.Context, key, from, to string, ttl time.Duration) (distlock.Grant, error) {
+func (b *Backend) Transfer(ctx context.Context, key, from, to string, ttl time.Duration) (driver.Grant, error) {
 	if from == to {
-		return distlock.Grant{}, distlock.ErrNotHeld
+		return driver.Grant{}, distlock.ErrNotHeld
 	}
 	ctx, cancel := b.reqCtx(ctx)
 	defer cancel()
@@ -142,13 +143,13 @@ func (b *Backend) Transfer(ctx context.Context, key, from, to string, ttl time.D
 	if mine == nil {
 		resp, err := b.cli.Get(ctx, k)
 		if err != nil {
-			return distlock.Grant{}, b.unavailable("get", err)
+			return driver.Grant{}, b.unavailable("get", err)
 		}
 		if len(resp.Kvs) == 0 {
-			return distlock.Grant{}, distlock.ErrNotHeld
+			return driver.Grant{}, distlock.ErrNotHeld
 		}
 		if cur = heldBy(resp.Kvs[0]); cur.token != from {
-			return distlock.Grant{}, distlock.ErrNotHeld
+			return driver.Grant{}, distlock.ErrNotHeld
 		}
 	}
 
@@ -161,7 +162,7 @@ func (b *Backend) Transfer(ctx context.Context, key, from, to string, ttl time.D
 		} else {
 			var err error
 			if l, refresh, err = b.lease(ctx, secs); err != nil {
-				return distlock.Grant{}, err
+				return driver.Grant{}, err
 			}
 		}
 		var refreshed chan keepAlive
@@ -191,7 +192,7 @@ func (b *Backend) Transfer(ctx context.Context, key, from, to string, ttl time.D
 			if !reuse && refresh && try == 0 && errors.Is(err, rpctypes.ErrLeaseNotFound) {
 				continue // the spare lease is gone after all: take a new one
 			}
-			return distlock.Grant{}, b.unavailable("txn", err)
+			return driver.Grant{}, b.unavailable("txn", err)
 		}
 		if !resp.Succeeded {
 			b.releasing(k, from, -1)
@@ -203,13 +204,13 @@ func (b *Backend) Transfer(ctx context.Context, key, from, to string, ttl time.D
 			// at what the key holds now.
 			kvs := resp.Responses[0].GetResponseRange().GetKvs()
 			if len(kvs) == 0 {
-				return distlock.Grant{}, distlock.ErrNotHeld
+				return driver.Grant{}, distlock.ErrNotHeld
 			}
 			if cur = heldBy(kvs[0]); cur.token != from {
-				return distlock.Grant{}, distlock.ErrNotHeld
+				return driver.Grant{}, distlock.ErrNotHeld
 			}
 			if try >= 2 {
-				return distlock.Grant{}, b.unavailable("txn", errors.New("the holder's grant keeps changing"))
+				return driver.Grant{}, b.unavailable("txn", errors.New("the holder's grant keeps changing"))
 			}
 			continue
 		}
@@ -230,12 +231,12 @@ func (b *Backend) Transfer(ctx context.Context, key, from, to string, ttl time.D
 				if uerr == nil && ur.Succeeded {
 					b.released(k, to, clientv3.NoLease, ur.Header.Revision)
 				}
-				return distlock.Grant{}, b.unavailable("lease keep-alive", r.err)
+				return driver.Grant{}, b.unavailable("lease keep-alive", r.err)
 			}
 			g.ttl, g.fresh = r.ttl, r.at
 		}
 		b.transferred(k, from, g, cur.lease)
-		return distlock.Grant{TTL: time.Duration(g.ttl) * time.Second, Fence: uint64(fence)}, nil
+		return driver.Grant{TTL: time.Duration(g.ttl) * time.Second, Fence: uint64(fence)}, nil
 	}
 }
 
@@ -314,7 +315,7 @@ func (b *Backend) awaitTransfer(ctx context.Context, k, token string) error {
 // meanwhile) needs neither: its TTL runs from after start. ok is false
 // when the backend knows no such grant or the read shows another state:
 // the caller goes the usual way.
-func (b *Backend) reacquireKnown(ctx context.Context, k, token string, secs int64, start time.Time) (distlock.Grant, bool, error) {
+func (b *Backend) reacquireKnown(ctx context.Context, k, token string, secs int64, start time.Time) (driver.Grant, bool, error) {
 	b.mu.Lock()
 	var g grant
 	if p := b.grants[k]; p != nil && p.token == token && p.secs == secs && p.lease != clientv3.NoLease {
@@ -322,36 +323,36 @@ func (b *Backend) reacquireKnown(ctx context.Context, k, token string, secs int6
 	}
 	b.mu.Unlock()
 	if g.token == "" {
-		return distlock.Grant{}, false, nil
+		return driver.Grant{}, false, nil
 	}
 	if !g.fresh.Before(start) {
 		b.mu.Lock()
 		b.dequeueLocked(k, token)
 		b.mu.Unlock()
-		return distlock.Grant{TTL: time.Duration(g.ttl) * time.Second, Fence: uint64(g.fence)}, true, nil
+		return driver.Grant{TTL: time.Duration(g.ttl) * time.Second, Fence: uint64(g.fence)}, true, nil
 	}
 	resp, err := b.cli.Get(ctx, k)
 	if err != nil {
-		return distlock.Grant{}, false, b.unavailable("get", err)
+		return driver.Grant{}, false, b.unavailable("get", err)
 	}
 	if len(resp.Kvs) == 0 {
-		return distlock.Grant{}, false, nil
+		return driver.Grant{}, false, nil
 	}
 	cur := heldBy(resp.Kvs[0])
 	if cur.value != g.value || cur.createRev != g.createRev || cur.lease != g.lease {
-		return distlock.Grant{}, false, nil
+		return driver.Grant{}, false, nil
 	}
 	t := time.Now()
 	ttl, err := b.renew(ctx, g.lease)
 	switch {
 	case errors.Is(err, rpctypes.ErrLeaseNotFound):
-		return distlock.Grant{}, false, nil // expired just now: the key went with it
+		return driver.Grant{}, false, nil // expired just now: the key went with it
 	case err != nil:
-		return distlock.Grant{}, false, b.unavailable("lease keep-alive", err)
+		return driver.Grant{}, false, b.unavailable("lease keep-alive", err)
 	}
 	b.refreshed(k, g.lease, t)
 	b.mu.Lock()
 	b.dequeueLocked(k, token)
 	b.mu.Unlock()
-	return distlock.Grant{TTL: time.Duration(ttl) * time.Second, Fence: uint64(g.fence)}, true, nil
+	return driver.Grant{TTL: time.Duration(ttl) * time.Second, Fence: uint64(g.fence)}, true, nil
 }

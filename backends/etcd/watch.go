@@ -206,7 +206,7 @@ func (b *Backend) endLocked(h *hub) {
 	h.cancel()
 }
 
-// SubscribeRelease implements distlock.ReleaseNotifier. The first
+// SubscribeRelease implements driver.ReleaseNotifier. The first
 // subscriber of a key starts a watch from the current revision (a watch
 // from a past revision would be served by etcd's slower catch-up loop) and
 // waits until it runs, so no deletion after the return is missed. Further
@@ -262,7 +262,7 @@ func (b *Backend) SubscribeRelease(ctx context.Context, key string) (<-chan stru
 	}
 }
 
-// WatchLoss implements distlock.LossWatcher for a grant made by this
+// WatchLoss implements driver.LossWatcher for a grant made by this
 // backend: lost is called when the key is deleted (released elsewhere,
 // lease expired or revoked, deleted by hand), re-created by anyone, or
 // transferred to another token other than by a Transfer through this

@@ -17,10 +17,11 @@ import (
 	"time"
 
 	"github.com/distlock/distlock"
+	"github.com/distlock/distlock/driver"
 )
 
 func init() {
-	distlock.Register("memory", func(_ context.Context, u *url.URL) (distlock.Backend, error) {
+	distlock.Register("memory", func(_ context.Context, u *url.URL) (driver.Backend, error) {
 		name := u.Host + u.Path
 		if name == "" {
 			name = "default"
@@ -54,7 +55,7 @@ type Store struct {
 	mu       sync.Mutex
 	locks    map[string]*entry
 	fence    uint64
-	waiters  distlock.ReleaseBroadcaster
+	waiters  driver.ReleaseBroadcaster
 	watchers map[string]map[*watcher]struct{}
 	down     bool
 	calls    uint64
@@ -87,7 +88,7 @@ func NewManager(opts ...distlock.Option) *distlock.Manager {
 
 // Backend returns a new backend over the store, like a new client of a
 // shared server.
-func (s *Store) Backend() distlock.Backend { return &backend{s: s} }
+func (s *Store) Backend() driver.Backend { return &backend{s: s} }
 
 // Stop makes the store unavailable: every call fails with ErrUnavailable
 // (cause ErrDown) until Start. Locks and their TTLs are kept, as a server
@@ -177,18 +178,18 @@ func (s *Store) enter() error {
 type backend struct{ s *Store }
 
 var (
-	_ distlock.ReleaseNotifier = (*backend)(nil)
-	_ distlock.LossWatcher     = (*backend)(nil)
-	_ distlock.Transferer      = (*backend)(nil)
-	_ distlock.Inspector       = (*backend)(nil)
+	_ driver.ReleaseNotifier = (*backend)(nil)
+	_ driver.LossWatcher     = (*backend)(nil)
+	_ driver.Transferer      = (*backend)(nil)
+	_ driver.Inspector       = (*backend)(nil)
 )
 
-func (b *backend) Acquire(ctx context.Context, key, token string, ttl time.Duration) (distlock.Grant, error) {
+func (b *backend) Acquire(ctx context.Context, key, token string, ttl time.Duration) (driver.Grant, error) {
 	s := b.s
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.enter(); err != nil {
-		return distlock.Grant{}, err
+		return driver.Grant{}, err
 	}
 	now := time.Now()
 	e := s.live(key, now)
@@ -196,25 +197,25 @@ func (b *backend) Acquire(ctx context.Context, key, token string, ttl time.Durat
 	case e == nil:
 		s.fence++
 		s.locks[key] = &entry{token: token, expiry: now.Add(ttl), fence: s.fence}
-		return distlock.Grant{TTL: ttl, Fence: s.fence}, nil
+		return driver.Grant{TTL: ttl, Fence: s.fence}, nil
 	case e.token == token: // re-acquire: extend in place, never a gap
 		e.expiry = now.Add(ttl)
-		return distlock.Grant{TTL: ttl, Fence: e.fence}, nil
+		return driver.Grant{TTL: ttl, Fence: e.fence}, nil
 	}
-	return distlock.Grant{}, distlock.ErrNotAcquired
+	return driver.Grant{}, distlock.ErrNotAcquired
 }
 
-func (b *backend) Extend(ctx context.Context, key, token string, ttl time.Duration) (distlock.Grant, error) {
+func (b *backend) Extend(ctx context.Context, key, token string, ttl time.Duration) (driver.Grant, error) {
 	s := b.s
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := time.Now()
 	e, err := s.held(key, token, now)
 	if err != nil {
-		return distlock.Grant{}, err
+		return driver.Grant{}, err
 	}
 	e.expiry = now.Add(ttl)
-	return distlock.Grant{TTL: ttl, Fence: e.fence}, nil
+	return driver.Grant{TTL: ttl, Fence: e.fence}, nil
 }
 
 func (b *backend) Release(ctx context.Context, key, token string) error {
@@ -229,41 +230,41 @@ func (b *backend) Release(ctx context.Context, key, token string) error {
 	return nil
 }
 
-func (b *backend) Transfer(ctx context.Context, key, from, to string, ttl time.Duration) (distlock.Grant, error) {
+func (b *backend) Transfer(ctx context.Context, key, from, to string, ttl time.Duration) (driver.Grant, error) {
 	s := b.s
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := time.Now()
 	if _, err := s.held(key, from, now); err != nil {
-		return distlock.Grant{}, err
+		return driver.Grant{}, err
 	}
 	// End from's grant as a release would (its watchers are not told of a
 	// loss), without waking waiters: the key is never free.
 	s.endWatches(key, from, false)
 	s.fence++
 	s.locks[key] = &entry{token: to, expiry: now.Add(ttl), fence: s.fence}
-	return distlock.Grant{TTL: ttl, Fence: s.fence}, nil
+	return driver.Grant{TTL: ttl, Fence: s.fence}, nil
 }
 
-// Inspect implements distlock.Inspector: it reads the entry, changing
+// Inspect implements driver.Inspector: it reads the entry, changing
 // nothing (an expired entry is dropped, as any call would).
-func (b *backend) Inspect(ctx context.Context, key string) (distlock.LockInfo, error) {
+func (b *backend) Inspect(ctx context.Context, key string) (driver.LockInfo, error) {
 	s := b.s
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.enter(); err != nil {
-		return distlock.LockInfo{}, err
+		return driver.LockInfo{}, err
 	}
 	now := time.Now()
 	e := s.live(key, now)
 	if e == nil {
-		return distlock.LockInfo{}, nil
+		return driver.LockInfo{}, nil
 	}
-	return distlock.LockInfo{Held: true, TTL: e.expiry.Sub(now), Fence: e.fence, Holder: e.token}, nil
+	return driver.LockInfo{Held: true, TTL: e.expiry.Sub(now), Fence: e.fence, Holder: e.token}, nil
 }
 
-func (b *backend) Capabilities() distlock.Capabilities {
-	return distlock.Capabilities{
+func (b *backend) Capabilities() driver.Capabilities {
+	return driver.Capabilities{
 		Name:                 "memory",
 		Fencing:              true,
 		CrossInstanceRelease: true,

@@ -11,14 +11,15 @@ import (
 	"github.com/distlock/distlock"
 	"github.com/distlock/distlock/backends/memory"
 	"github.com/distlock/distlock/conformance"
+	"github.com/distlock/distlock/driver"
 )
 
 // harness makes independent backends over one store.
 type harness struct{ s *memory.Store }
 
-func (h harness) NewBackend(context.Context) (distlock.Backend, error) { return h.s.Backend(), nil }
-func (h harness) Stop(context.Context) error                           { h.s.Stop(); return nil }
-func (h harness) Start(context.Context) error                          { h.s.Start(); return nil }
+func (h harness) NewBackend(context.Context) (driver.Backend, error) { return h.s.Backend(), nil }
+func (h harness) Stop(context.Context) error                         { h.s.Stop(); return nil }
+func (h harness) Start(context.Context) error                        { h.s.Start(); return nil }
 func (h harness) Revoke(_ context.Context, key string) error {
 	if !h.s.Revoke(key) {
 		return errors.New("no lock to revoke")

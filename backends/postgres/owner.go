@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/distlock/distlock"
+	"github.com/distlock/distlock/driver"
 )
 
 // errNotOwner is what Release and Extend return for a key whose advisory
@@ -55,29 +56,29 @@ func (b *Backend) notOwner(ctx context.Context, key string) error {
 	return distlock.ErrNotHeld
 }
 
-// Inspect implements distlock.Inspector. A lock held through this Backend
+// Inspect implements driver.Inspector. A lock held through this Backend
 // is answered from memory (held, TTL left, fence) with no round trip; for
 // any other key one read of pg_locks tells whether another session holds
 // it — TTL and fence are then unknown (zero), as they live in the memory of
 // the process that holds it.
-func (b *Backend) Inspect(ctx context.Context, key string) (distlock.LockInfo, error) {
+func (b *Backend) Inspect(ctx context.Context, key string) (driver.LockInfo, error) {
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
-		return distlock.LockInfo{}, distlock.Unavailable(errClosed)
+		return driver.LockInfo{}, distlock.Unavailable(errClosed)
 	}
 	now := time.Now()
 	if h := b.liveLocked(key, now); h != nil && !h.pending {
-		info := distlock.LockInfo{Held: true, TTL: h.expiry.Sub(now), Fence: h.fence, Holder: h.token}
+		info := driver.LockInfo{Held: true, TTL: h.expiry.Sub(now), Fence: h.fence, Holder: h.token}
 		b.mu.Unlock()
 		return info, nil
 	}
 	b.mu.Unlock()
 	held, err := b.heldElsewhere(ctx, key)
 	if err != nil {
-		return distlock.LockInfo{}, err
+		return driver.LockInfo{}, err
 	}
-	return distlock.LockInfo{Held: held}, nil
+	return driver.LockInfo{Held: held}, nil
 }
 
 // unavailable names the server (host:port, never credentials) in a failure

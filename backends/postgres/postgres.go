@@ -48,12 +48,12 @@
 // error, the idle bound passed) the Backend notices at once while the session
 // is idle (after 5ms without requests it waits on the socket) or at its next
 // request, and reports every lock of that session lost
-// (distlock.LossWatcher): the handles' Done channels close.
+// (driver.LossWatcher): the handles' Done channels close.
 //
 // # Waiting and Close
 //
 // Waiters in the same Backend wake as soon as it releases a key or loses it
-// (distlock.ReleaseNotifier), their attempt queued right behind the unlock;
+// (driver.ReleaseNotifier), their attempt queued right behind the unlock;
 // waiters in other processes poll per the Manager's retry strategy. Close
 // unlocks whatever the Backend still holds, as a process exit would.
 //
@@ -69,7 +69,7 @@
 //
 // # Inspect
 //
-// Backend implements distlock.Inspector: a lock held through this Backend
+// Backend implements driver.Inspector: a lock held through this Backend
 // is answered from memory (held, TTL, fence); any other key with one
 // read-only query of pg_locks, which tells only whether it is held.
 //
@@ -125,6 +125,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/distlock/distlock"
+	"github.com/distlock/distlock/driver"
 )
 
 func init() {
@@ -294,7 +295,7 @@ func quoteIdent(name string) string {
 	return pgx.Identifier(strings.Split(name, ".")).Sanitize()
 }
 
-// Backend is the PostgreSQL distlock.Backend. Wrap it with distlock.New.
+// Backend is the PostgreSQL driver.Backend. Wrap it with distlock.New.
 type Backend struct {
 	pool     *pgxpool.Pool
 	ownPool  bool
@@ -306,7 +307,7 @@ type Backend struct {
 	locks    map[string]*held
 	ids      map[int64]*held
 	dead     map[string]*held // locks lost with their session, until their TTL passes
-	waiters  distlock.ReleaseBroadcaster
+	waiters  driver.ReleaseBroadcaster
 	closed   bool
 	migrated bool
 
@@ -321,10 +322,10 @@ type Backend struct {
 }
 
 var (
-	_ distlock.Backend         = (*Backend)(nil)
-	_ distlock.ReleaseNotifier = (*Backend)(nil)
-	_ distlock.LossWatcher     = (*Backend)(nil)
-	_ distlock.Inspector       = (*Backend)(nil)
+	_ driver.Backend         = (*Backend)(nil)
+	_ driver.ReleaseNotifier = (*Backend)(nil)
+	_ driver.LossWatcher     = (*Backend)(nil)
+	_ driver.Inspector       = (*Backend)(nil)
 )
 
 // held is a lock this Backend holds (or is acquiring: pending).
@@ -452,25 +453,25 @@ func (b *Backend) expireLocked(h *held) {
 	h.s.enqueueLocked(&op{kind: opUnlock, id: h.id})
 }
 
-// Acquire implements distlock.Backend.
-func (b *Backend) Acquire(ctx context.Context, key, token string, ttl time.Duration) (distlock.Grant, error) {
+// Acquire implements driver.Backend.
+func (b *Backend) Acquire(ctx context.Context, key, token string, ttl time.Duration) (driver.Grant, error) {
 	id := b.lockID(key)
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
-		return distlock.Grant{}, distlock.Unavailable(errClosed)
+		return driver.Grant{}, distlock.Unavailable(errClosed)
 	}
 	if h := b.liveLocked(key, time.Now()); h != nil {
 		if h.pending || h.token != token {
 			b.mu.Unlock()
-			return distlock.Grant{}, distlock.ErrNotAcquired
+			return driver.Grant{}, distlock.ErrNotAcquired
 		}
 		b.mu.Unlock()
 		return b.refresh(ctx, key, token, ttl, distlock.ErrNotAcquired)
 	}
 	if b.ids[id] != nil { // another key with the same LockID: contention
 		b.mu.Unlock()
-		return distlock.Grant{}, distlock.ErrNotAcquired
+		return driver.Grant{}, distlock.ErrNotAcquired
 	}
 	b.forgetDeadLocked(key)
 	s := b.sessionFor(id)
@@ -481,15 +482,15 @@ func (b *Backend) Acquire(ctx context.Context, key, token string, ttl time.Durat
 	b.mu.Unlock()
 
 	if err := b.wait(ctx, o); err != nil {
-		return distlock.Grant{}, err
+		return driver.Grant{}, err
 	}
 	if o.err != nil {
-		return distlock.Grant{}, b.unavailable(o.err)
+		return driver.Grant{}, b.unavailable(o.err)
 	}
 	if !o.ok {
-		return distlock.Grant{}, distlock.ErrNotAcquired
+		return driver.Grant{}, distlock.ErrNotAcquired
 	}
-	return distlock.Grant{TTL: ttl, Fence: o.fence}, nil
+	return driver.Grant{TTL: ttl, Fence: o.fence}, nil
 }
 
 // wait waits for o, or abandons it when ctx ends first (its outcome is then
@@ -513,24 +514,24 @@ func (b *Backend) wait(ctx context.Context, o *op) error {
 // refresh resets the TTL of key held by token after checking, with a round
 // trip, that the holder session is alive. notHeld is returned when it is
 // not held.
-func (b *Backend) refresh(ctx context.Context, key, token string, ttl time.Duration, notHeld error) (distlock.Grant, error) {
+func (b *Backend) refresh(ctx context.Context, key, token string, ttl time.Duration, notHeld error) (driver.Grant, error) {
 	b.mu.Lock()
 	h := b.liveLocked(key, time.Now())
 	if h == nil || h.pending || h.token != token {
 		b.mu.Unlock()
 		if notHeld == distlock.ErrNotHeld {
-			return distlock.Grant{}, b.deadCheck(ctx, key, token, h != nil)
+			return driver.Grant{}, b.deadCheck(ctx, key, token, h != nil)
 		}
-		return distlock.Grant{}, notHeld
+		return driver.Grant{}, notHeld
 	}
 	o := &op{kind: opPing, done: make(chan struct{})}
 	h.s.enqueueLocked(o)
 	b.mu.Unlock()
 	if err := b.wait(ctx, o); err != nil {
-		return distlock.Grant{}, err
+		return driver.Grant{}, err
 	}
 	if o.err != nil {
-		return distlock.Grant{}, b.unavailable(o.err)
+		return driver.Grant{}, b.unavailable(o.err)
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -539,24 +540,24 @@ func (b *Backend) refresh(ctx context.Context, key, token string, ttl time.Durat
 		// two calls overlapped, and extend-then-release is a valid
 		// order. (The auto-renewal of a handle being released lands
 		// here; reporting ErrNotHeld would mark it lost.)
-		return distlock.Grant{TTL: ttl, Fence: h.fence}, nil
+		return driver.Grant{TTL: ttl, Fence: h.fence}, nil
 	}
 	now := time.Now()
 	if h.gone || !now.Before(h.expiry) {
 		b.expireLocked(h)
-		return distlock.Grant{}, notHeld
+		return driver.Grant{}, notHeld
 	}
 	h.expiry = now.Add(ttl)
 	h.timer.Reset(ttl)
-	return distlock.Grant{TTL: ttl, Fence: h.fence}, nil
+	return driver.Grant{TTL: ttl, Fence: h.fence}, nil
 }
 
-// Extend implements distlock.Backend.
-func (b *Backend) Extend(ctx context.Context, key, token string, ttl time.Duration) (distlock.Grant, error) {
+// Extend implements driver.Backend.
+func (b *Backend) Extend(ctx context.Context, key, token string, ttl time.Duration) (driver.Grant, error) {
 	return b.refresh(ctx, key, token, ttl, distlock.ErrNotHeld)
 }
 
-// Release implements distlock.Backend.
+// Release implements driver.Backend.
 func (b *Backend) Release(ctx context.Context, key, token string) error {
 	b.mu.Lock()
 	h := b.liveLocked(key, time.Now())
@@ -643,9 +644,9 @@ func (b *Backend) deadCheck(ctx context.Context, key, token string, local bool) 
 	return distlock.ErrNotHeld
 }
 
-// Capabilities implements distlock.Backend.
-func (b *Backend) Capabilities() distlock.Capabilities {
-	return distlock.Capabilities{
+// Capabilities implements driver.Backend.
+func (b *Backend) Capabilities() driver.Capabilities {
+	return driver.Capabilities{
 		Name:                 "postgres",
 		Fencing:              true,
 		CrossInstanceRelease: false,
@@ -682,7 +683,7 @@ func (b *Backend) Close() error {
 	return nil
 }
 
-// SubscribeRelease implements distlock.ReleaseNotifier for waiters in this
+// SubscribeRelease implements driver.ReleaseNotifier for waiters in this
 // Backend: they wake when it releases key or loses it, and their attempt is
 // queued right behind the unlock. Waiters in other processes poll.
 func (b *Backend) SubscribeRelease(ctx context.Context, key string) (<-chan struct{}, func(), error) {
@@ -693,7 +694,7 @@ func (b *Backend) SubscribeRelease(ctx context.Context, key string) (<-chan stru
 // lossCB is one WatchLoss registration.
 type lossCB struct{ fn func() }
 
-// WatchLoss implements distlock.LossWatcher: lost is called when the lock
+// WatchLoss implements driver.LossWatcher: lost is called when the lock
 // expires or its holder session dies.
 func (b *Backend) WatchLoss(key, token string, lost func()) func() {
 	b.mu.Lock()
@@ -716,7 +717,7 @@ func (b *Backend) WatchLoss(key, token string, lost func()) func() {
 }
 
 // openURL is the distlock.OpenFunc of postgres:// and postgresql://.
-func openURL(ctx context.Context, u *url.URL) (distlock.Backend, error) {
+func openURL(ctx context.Context, u *url.URL) (driver.Backend, error) {
 	var opts []Option
 	q := u.Query()
 	for k, vs := range q {

@@ -19,6 +19,7 @@ import (
 	"github.com/distlock/distlock/backends/postgres"
 	"github.com/distlock/distlock/conformance"
 	"github.com/distlock/distlock/distlocktest"
+	"github.com/distlock/distlock/driver"
 )
 
 var (
@@ -82,7 +83,7 @@ func (h *harness) url() string {
 	return u
 }
 
-func (h *harness) NewBackend(ctx context.Context) (distlock.Backend, error) {
+func (h *harness) NewBackend(ctx context.Context) (driver.Backend, error) {
 	return distlock.OpenBackend(ctx, h.url())
 }
 

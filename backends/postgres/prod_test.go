@@ -14,6 +14,7 @@ import (
 	"github.com/distlock/distlock"
 	"github.com/distlock/distlock/backends/postgres"
 	"github.com/distlock/distlock/distlocktest"
+	"github.com/distlock/distlock/driver"
 	"github.com/distlock/distlock/internal/testserver"
 )
 
@@ -97,7 +98,7 @@ func TestInspect(t *testing.T) {
 		t.Fatalf("holder's Inspect: %+v, %v (fence %d)", own, err, l.Fence())
 	}
 	other, err := m2.Inspect(ctx, "k")
-	if err != nil || other != (distlock.LockInfo{Held: true}) {
+	if err != nil || other != (driver.LockInfo{Held: true}) {
 		t.Fatalf("other instance's Inspect: %+v, %v, want held with TTL and fence unknown", other, err)
 	}
 	if err := l.Release(ctx); err != nil {

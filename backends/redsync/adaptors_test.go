@@ -12,6 +12,7 @@ import (
 	redsyncLocker "github.com/distlock/distlock/backends/redsync"
 	"github.com/distlock/distlock/conformance"
 	"github.com/distlock/distlock/distlocktest"
+	"github.com/distlock/distlock/driver"
 	rsredis "github.com/go-redsync/redsync/v4/redis"
 	rsredigo "github.com/go-redsync/redsync/v4/redis/redigo"
 	"github.com/gomodule/redigo/redis"
@@ -54,7 +55,7 @@ func newRedigoHarness(t *testing.T, n int) redigoHarness {
 	return h
 }
 
-func (h redigoHarness) NewBackend(ctx context.Context) (distlock.Backend, error) {
+func (h redigoHarness) NewBackend(ctx context.Context) (driver.Backend, error) {
 	var pools []rsredis.Pool
 	for _, s := range h.masters {
 		p, c := redigoPool(s.Addr)

@@ -36,6 +36,7 @@ import (
 	"time"
 
 	"github.com/distlock/distlock"
+	"github.com/distlock/distlock/driver"
 	rs "github.com/go-redsync/redsync/v4"
 	rsredis "github.com/go-redsync/redsync/v4/redis"
 	goredispool "github.com/go-redsync/redsync/v4/redis/goredis/v9"
@@ -99,12 +100,12 @@ func newCore(pools []rsredis.Pool, cfg *config) *core {
 type Backend struct{ *core }
 
 var (
-	_ distlock.Backend         = (*Backend)(nil)
-	_ distlock.ReleaseNotifier = (*Backend)(nil)
-	_ distlock.Transferer      = (*Backend)(nil)
-	_ distlock.Inspector       = (*Backend)(nil)
-	_ distlock.Backend         = (*Redlock)(nil)
-	_ distlock.Inspector       = (*Redlock)(nil)
+	_ driver.Backend         = (*Backend)(nil)
+	_ driver.ReleaseNotifier = (*Backend)(nil)
+	_ driver.Transferer      = (*Backend)(nil)
+	_ driver.Inspector       = (*Backend)(nil)
+	_ driver.Backend         = (*Redlock)(nil)
+	_ driver.Inspector       = (*Redlock)(nil)
 )
 
 // Redlock is the distlock backend over N independent Redis masters, run by
@@ -228,7 +229,7 @@ func NewRedlockManager(clients []redis.UniversalClient, opts ...Option) (*distlo
 // New returns a backend over go-redsync pools the way redsync.New takes
 // them: one pool is a single node (a *Backend), several are Redlock masters
 // (a *Redlock).
-func New(pools []rsredis.Pool, opts ...Option) (distlock.Backend, error) {
+func New(pools []rsredis.Pool, opts ...Option) (driver.Backend, error) {
 	if len(pools) == 1 {
 		return NewPoolBackend(pools[0], opts...)
 	}
@@ -252,19 +253,19 @@ func (r *Redlock) Quorum() int { return r.quorum }
 // its TTL reset in place and keeps its fence, and a key held by another
 // token gives ErrNotAcquired. Otherwise, and whenever go-redsync options
 // were given: a go-redsync Mutex round (see the package doc).
-func (c *core) Acquire(ctx context.Context, key, token string, ttl time.Duration) (distlock.Grant, error) {
+func (c *core) Acquire(ctx context.Context, key, token string, ttl time.Duration) (driver.Grant, error) {
 	if err := c.checkKey(key); err != nil {
-		return distlock.Grant{}, err
+		return driver.Grant{}, err
 	}
 	if c.fenced && len(c.ropts) == 0 {
 		f, err := c.eval(ctx, acquireScript, key, c.fenceKeyFor(key), token, ttl.Milliseconds())
 		if err != nil {
-			return distlock.Grant{}, err
+			return driver.Grant{}, err
 		}
 		if f == -1 {
-			return distlock.Grant{}, distlock.ErrNotAcquired
+			return driver.Grant{}, distlock.ErrNotAcquired
 		}
-		return distlock.Grant{TTL: ttl, Fence: uint64(reacquired(f))}, nil
+		return driver.Grant{TTL: ttl, Fence: uint64(reacquired(f))}, nil
 	}
 	r := &round{}
 	r.created = r.one[:]
@@ -282,33 +283,33 @@ func (c *core) Acquire(ctx context.Context, key, token string, ttl time.Duration
 		err = m.TryLockContext(rctx)
 	}
 	if err != nil {
-		return distlock.Grant{}, c.failure(err, distlock.ErrNotAcquired)
+		return driver.Grant{}, c.failure(err, distlock.ErrNotAcquired)
 	}
-	return distlock.Grant{TTL: ttl, Valid: m.Until().Sub(start), Fence: uint64(r.fence.Load())}, nil
+	return driver.Grant{TTL: ttl, Valid: m.Until().Sub(start), Fence: uint64(r.fence.Load())}, nil
 }
 
 // Extend resets key's TTL if token holds it, else returns ErrNotHeld; an
 // expired lock is never re-created.
-func (c *core) Extend(ctx context.Context, key, token string, ttl time.Duration) (distlock.Grant, error) {
+func (c *core) Extend(ctx context.Context, key, token string, ttl time.Duration) (driver.Grant, error) {
 	if err := c.checkKey(key); err != nil {
-		return distlock.Grant{}, err
+		return driver.Grant{}, err
 	}
 	if c.fenced {
 		f, err := c.eval(ctx, extendScript, key, token, ttl.Milliseconds())
 		if err != nil {
-			return distlock.Grant{}, err
+			return driver.Grant{}, err
 		}
 		if f < 0 {
-			return distlock.Grant{}, distlock.ErrNotHeld
+			return driver.Grant{}, distlock.ErrNotHeld
 		}
-		return distlock.Grant{TTL: ttl, Fence: uint64(f)}, nil
+		return driver.Grant{TTL: ttl, Fence: uint64(f)}, nil
 	}
 	m := c.rsync.NewMutex(key, c.mutexOptions(ttl, rs.WithValue(token))...)
 	start := time.Now()
 	if ok, err := m.ExtendContext(ctx); !ok {
-		return distlock.Grant{}, c.failure(err, distlock.ErrNotHeld)
+		return driver.Grant{}, c.failure(err, distlock.ErrNotHeld)
 	}
-	return distlock.Grant{TTL: ttl, Valid: m.Until().Sub(start)}, nil
+	return driver.Grant{TTL: ttl, Valid: m.Until().Sub(start)}, nil
 }
 
 // Release deletes key if token holds it (a fenced release also wakes a
@@ -339,13 +340,13 @@ func (c *core) Release(ctx context.Context, key, token string) error {
 	return nil
 }
 
-// Inspect implements distlock.Inspector with GET and PTTL on every master
+// Inspect implements driver.Inspector with GET and PTTL on every master
 // (read-only: nothing is written, no TTL reset). On Redlock the key is held
 // when a quorum of masters hold the same token; the TTL is the shortest
 // among them.
-func (c *core) Inspect(ctx context.Context, key string) (distlock.LockInfo, error) {
+func (c *core) Inspect(ctx context.Context, key string) (driver.LockInfo, error) {
 	if err := c.checkKey(key); err != nil {
-		return distlock.LockInfo{}, err
+		return driver.LockInfo{}, err
 	}
 	held := make(map[string]int, len(c.pools)) // value → masters holding it
 	ttls := make(map[string]time.Duration, len(c.pools))
@@ -364,7 +365,7 @@ func (c *core) Inspect(ctx context.Context, key string) (distlock.LockInfo, erro
 		if n < c.quorum {
 			continue
 		}
-		info := distlock.LockInfo{Held: true, Holder: v, TTL: ttls[v]}
+		info := driver.LockInfo{Held: true, Holder: v, TTL: ttls[v]}
 		if fence, tok, ok := strings.Cut(v, ":"); ok && c.fenced {
 			info.Holder = tok
 			info.Fence, _ = strconv.ParseUint(strings.TrimSuffix(fence, "w"), 10, 64)
@@ -372,9 +373,9 @@ func (c *core) Inspect(ctx context.Context, key string) (distlock.LockInfo, erro
 		return info, nil
 	}
 	if len(failed) > len(c.pools)-c.quorum {
-		return distlock.LockInfo{}, classify(errors.Join(failed...))
+		return driver.LockInfo{}, classify(errors.Join(failed...))
 	}
-	return distlock.LockInfo{}, nil
+	return driver.LockInfo{}, nil
 }
 
 // inspectOne reads key's value ("" if absent) and TTL on one master.
@@ -395,8 +396,8 @@ func inspectOne(ctx context.Context, p rsredis.Pool, key string) (string, time.D
 // Capabilities reports fencing (single node unless WithoutFencing),
 // cross-instance release and millisecond TTLs (Redlock: at least 10 ms, so
 // that a round leaves the lock some validity).
-func (c *core) Capabilities() distlock.Capabilities {
-	caps := distlock.Capabilities{
+func (c *core) Capabilities() driver.Capabilities {
+	caps := driver.Capabilities{
 		Name:                 "redis",
 		Fencing:              c.fenced,
 		CrossInstanceRelease: true,
@@ -423,13 +424,13 @@ func (c *core) Close() error {
 	return c.closeErr
 }
 
-// Transfer implements distlock.Transferer: if from holds key, key goes to
+// Transfer implements driver.Transferer: if from holds key, key goes to
 // to for ttl in one script (atomic on the server), with a new fencing
 // number greater than from's (0 unfenced); the key is never free in
 // between. Otherwise it returns ErrNotHeld and changes nothing.
-func (b *Backend) Transfer(ctx context.Context, key, from, to string, ttl time.Duration) (distlock.Grant, error) {
+func (b *Backend) Transfer(ctx context.Context, key, from, to string, ttl time.Duration) (driver.Grant, error) {
 	if err := b.checkKey(key); err != nil {
-		return distlock.Grant{}, err
+		return driver.Grant{}, err
 	}
 	var (
 		f   int64
@@ -442,18 +443,18 @@ func (b *Backend) Transfer(ctx context.Context, key, from, to string, ttl time.D
 		f-- // 1 moved → fence 0, 0 → -1
 	}
 	if err != nil {
-		return distlock.Grant{}, err
+		return driver.Grant{}, err
 	}
 	if f < 0 {
-		return distlock.Grant{}, distlock.ErrNotHeld
+		return driver.Grant{}, distlock.ErrNotHeld
 	}
-	return distlock.Grant{TTL: ttl, Fence: uint64(f)}, nil
+	return driver.Grant{TTL: ttl, Fence: uint64(f)}, nil
 }
 
 // errNoNotify: this backend cannot announce releases; the Manager polls.
 var errNoNotify = errors.New("redis: release notification needs a fenced backend on a go-redis client")
 
-// SubscribeRelease implements distlock.ReleaseNotifier over the go-redis
+// SubscribeRelease implements driver.ReleaseNotifier over the go-redis
 // client's shared pub/sub connection (fenced backends built on go-redis
 // only: go-redsync's pool has no pub/sub, and go-redsync's unlock does not
 // announce). It returns once the server has confirmed the subscription, so

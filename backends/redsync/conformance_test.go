@@ -7,10 +7,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/distlock/distlock"
 	redsyncLocker "github.com/distlock/distlock/backends/redsync"
 	"github.com/distlock/distlock/conformance"
 	"github.com/distlock/distlock/distlocktest"
+	"github.com/distlock/distlock/driver"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -20,7 +20,7 @@ type singleHarness struct {
 	opts []redsyncLocker.Option
 }
 
-func (h singleHarness) NewBackend(ctx context.Context) (distlock.Backend, error) {
+func (h singleHarness) NewBackend(ctx context.Context) (driver.Backend, error) {
 	c := redis.NewClient(&redis.Options{Addr: h.srv.Addr, ContextTimeoutEnabled: true})
 	return redsyncLocker.NewBackend(c, append(h.opts, redsyncLocker.WithCloseClient())...), nil
 }
@@ -58,7 +58,7 @@ func (ms masters) Revoke(ctx context.Context, key string) error { return revoke(
 // redlockHarness runs the suite against a Redlock of its own masters.
 type redlockHarness struct{ masters }
 
-func (h redlockHarness) NewBackend(ctx context.Context) (distlock.Backend, error) {
+func (h redlockHarness) NewBackend(ctx context.Context) (driver.Backend, error) {
 	return redsyncLocker.NewRedlock(redlockClients(h.masters), redsyncLocker.WithCloseClient())
 }
 
@@ -87,7 +87,7 @@ func revoke(ctx context.Context, srvs []*distlocktest.RedisServer, key string) e
 // through go-redis's ClusterClient.
 type clusterHarness struct{ c *distlocktest.RedisCluster }
 
-func (h clusterHarness) NewBackend(ctx context.Context) (distlock.Backend, error) {
+func (h clusterHarness) NewBackend(ctx context.Context) (driver.Backend, error) {
 	c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: h.c.Addrs(), ContextTimeoutEnabled: true})
 	return redsyncLocker.NewBackend(c, redsyncLocker.WithCloseClient()), nil
 }
@@ -128,7 +128,7 @@ func (h clusterHarness) Revoke(ctx context.Context, key string) error {
 // Sentinel, with go-redis's failover client.
 type sentinelHarness struct{ s *distlocktest.RedisSentinel }
 
-func (h sentinelHarness) NewBackend(ctx context.Context) (distlock.Backend, error) {
+func (h sentinelHarness) NewBackend(ctx context.Context) (driver.Backend, error) {
 	c := redis.NewFailoverClient(&redis.FailoverOptions{
 		MasterName:            h.s.MasterName,
 		SentinelAddrs:         []string{h.s.Sentinel.Addr},

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/distlock/distlock"
+	"github.com/distlock/distlock/driver"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -58,7 +59,7 @@ func quietRedis() { quietRedisOnce.Do(func() { redis.SetLogger(slogRedis{}) }) }
 // URL's dial_timeout says otherwise, whatever the caller's context.
 const DefaultConnectTimeout = 5 * time.Second
 
-func openRedis(ctx context.Context, u *url.URL) (distlock.Backend, error) {
+func openRedis(ctx context.Context, u *url.URL) (driver.Backend, error) {
 	quietRedis()
 	var bopts []Option
 	q := u.Query()
@@ -87,7 +88,7 @@ func openRedis(ctx context.Context, u *url.URL) (distlock.Backend, error) {
 	return NewBackend(client, append(bopts, WithCloseClient())...), nil
 }
 
-func openRedlock(ctx context.Context, u *url.URL) (distlock.Backend, error) {
+func openRedlock(ctx context.Context, u *url.URL) (driver.Backend, error) {
 	quietRedis()
 	scheme := "redis"
 	if strings.EqualFold(u.Scheme, "redlocks") {

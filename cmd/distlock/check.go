@@ -12,6 +12,7 @@ import (
 
 	"github.com/distlock/distlock"
 	"github.com/distlock/distlock/conformance"
+	"github.com/distlock/distlock/driver"
 )
 
 const checkHelp = `
@@ -105,7 +106,7 @@ func runCheck(ctx context.Context, env *cliEnv, args []string) int {
 
 	// Open once first: a bad or unreachable URL is reported as such rather
 	// than as every check failing.
-	caps := distlock.Capabilities{Name: strings.ToLower(u.Scheme)}
+	caps := driver.Capabilities{Name: strings.ToLower(u.Scheme)}
 	octx, ocancel := context.WithTimeout(ctx, opTimeout)
 	m, err := distlock.Open(octx, raw)
 	ocancel()
@@ -244,7 +245,7 @@ func inspect(ctx context.Context, u *url.URL) (warnings []string, inspected bool
 	return warnings, len(ws) > 0 && err == nil, err
 }
 
-func printCheck(w io.Writer, raw string, caps distlock.Capabilities, results []conformance.Result, warnings []string, elapsed time.Duration, counts map[string]int) {
+func printCheck(w io.Writer, raw string, caps driver.Capabilities, results []conformance.Result, warnings []string, elapsed time.Duration, counts map[string]int) {
 	fmt.Fprintf(w, "%s: backend %s, fencing %s, cross-client release %s, min TTL %v\n\n",
 		redact(raw), caps.Name, yesNo(caps.Fencing), yesNo(caps.CrossInstanceRelease), caps.MinTTL)
 	width := 0

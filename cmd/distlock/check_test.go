@@ -5,8 +5,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/distlock/distlock"
 	"github.com/distlock/distlock/distlocktest"
+	"github.com/distlock/distlock/driver"
 )
 
 type checkOutput struct {
@@ -49,7 +49,7 @@ func TestCheckMemory(t *testing.T) {
 // command must run the suite end to end and report consistently. (Whether
 // a backend passes is its own tests' business; failures are logged.)
 func TestCheckLive(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, b liveBackend, url string, caps distlock.Capabilities) {
+	forEachBackend(t, func(t *testing.T, b liveBackend, url string, caps driver.Capabilities) {
 		r := cli(t, nil, "check", "--url", url, "--json")
 		var out checkOutput
 		if err := json.Unmarshal([]byte(r.stdout), &out); err != nil {

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/distlock/distlock"
+	"github.com/distlock/distlock/driver"
 	"github.com/distlock/distlock/internal/testwait"
 )
 
@@ -203,7 +203,7 @@ func TestRunForwardsSignals(t *testing.T) {
 }
 
 func TestRunInterruptedWhileWaiting(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, b liveBackend, url string, caps distlock.Capabilities) {
+	forEachBackend(t, func(t *testing.T, b liveBackend, url string, caps driver.Capabilities) {
 		dir := t.TempDir()
 		argv, env := child("hold", dir)
 		holder := start(t, env, append([]string{"run", "--url", url, "--key", "busy", "--"}, argv...)...)
@@ -228,7 +228,7 @@ func TestRunInterruptedWhileWaiting(t *testing.T) {
 }
 
 func TestRunNeverOverlaps(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, b liveBackend, url string, caps distlock.Capabilities) {
+	forEachBackend(t, func(t *testing.T, b liveBackend, url string, caps driver.Capabilities) {
 		const n = 3
 		log := filepath.Join(t.TempDir(), "intervals")
 		argv, env := child("interval", log, "150ms")
@@ -266,7 +266,7 @@ func TestRunNeverOverlaps(t *testing.T) {
 }
 
 func TestRunNotAcquired(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, b liveBackend, url string, caps distlock.Capabilities) {
+	forEachBackend(t, func(t *testing.T, b liveBackend, url string, caps driver.Capabilities) {
 		dir := t.TempDir()
 		argv, env := child("hold", dir)
 		holder := start(t, env, append([]string{"run", "--url", url, "--key", "busy", "--ttl", "5s", "--"}, argv...)...)
@@ -301,7 +301,7 @@ func TestRunNotAcquired(t *testing.T) {
 }
 
 func TestRunLockLost(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, b liveBackend, url string, caps distlock.Capabilities) {
+	forEachBackend(t, func(t *testing.T, b liveBackend, url string, caps driver.Capabilities) {
 		if !caps.CrossInstanceRelease && b.revoke == nil {
 			t.Skipf("%s: no way to take a lock away from its holder", b.name)
 		}
@@ -354,7 +354,7 @@ func TestRunLockLost(t *testing.T) {
 }
 
 func TestScriptCommands(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, b liveBackend, url string, caps distlock.Capabilities) {
+	forEachBackend(t, func(t *testing.T, b liveBackend, url string, caps driver.Capabilities) {
 		u := []string{"--url", url}
 		if !caps.CrossInstanceRelease {
 			r := cli(t, nil, append([]string{"acquire", "--key", "s", "--ttl", "10s"}, u...)...)

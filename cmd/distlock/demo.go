@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/distlock/distlock"
+	"github.com/distlock/distlock/driver"
 	"golang.org/x/term"
 )
 
@@ -101,7 +102,7 @@ func runDemo(ctx context.Context, env *cliEnv, args []string) int {
 			}
 		}
 	}()
-	var caps distlock.Capabilities
+	var caps driver.Capabilities
 	for i := range managers {
 		octx, cancel := context.WithTimeout(ctx, opTimeout)
 		m, err := distlock.Open(octx, raw)
@@ -355,7 +356,7 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 	}
 }
 
-func printDemo(w io.Writer, engine string, caps distlock.Capabilities, workers, seats int, rs []phaseResult) {
+func printDemo(w io.Writer, engine string, caps driver.Capabilities, workers, seats int, rs []phaseResult) {
 	fmt.Fprintf(w, "%d clients booking %d seats on %s\n\n", workers, seats, engine)
 	fmt.Fprintf(w, "%-14s %9s %14s %11s  %s\n", "", "bookings", "double-booked", "attempts/s", "fences seen")
 	for _, r := range rs {

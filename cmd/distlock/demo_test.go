@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/distlock/distlock"
+	"github.com/distlock/distlock/driver"
 )
 
 type demoOutput struct {
@@ -69,7 +69,7 @@ func TestDemo(t *testing.T) {
 
 // TestDemoLive runs the demo against every live backend with --url.
 func TestDemoLive(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, b liveBackend, url string, _ distlock.Capabilities) {
+	forEachBackend(t, func(t *testing.T, b liveBackend, url string, _ driver.Capabilities) {
 		r := cli(t, nil, "demo", "--url", url, "--workers", "8", "--seats", "3", "--json", "--quiet")
 		checkDemo(t, r, 3)
 	})

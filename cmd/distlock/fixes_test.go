@@ -14,8 +14,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/distlock/distlock"
 	"github.com/distlock/distlock/distlocktest"
+	"github.com/distlock/distlock/driver"
 	"github.com/distlock/distlock/internal/testwait"
 )
 
@@ -91,7 +91,7 @@ func TestAcquireEnvRecipe(t *testing.T) {
 	if err != nil {
 		t.Skip("bash not installed")
 	}
-	forEachBackend(t, func(t *testing.T, b liveBackend, url string, caps distlock.Capabilities) {
+	forEachBackend(t, func(t *testing.T, b liveBackend, url string, caps driver.Capabilities) {
 		if !caps.CrossInstanceRelease {
 			t.Skipf("%s: acquire refuses (its locks end with the process)", b.name)
 		}
@@ -219,7 +219,7 @@ func TestCheckInspectOnlyUnreachable(t *testing.T) {
 // schedules 200 ms apart, each trying once: the job runs once. The lock is
 // free again about 2 s after it was taken, not before.
 func TestRunMinHold(t *testing.T) {
-	forEachBackend(t, func(t *testing.T, b liveBackend, url string, caps distlock.Capabilities) {
+	forEachBackend(t, func(t *testing.T, b liveBackend, url string, caps driver.Capabilities) {
 		log := filepath.Join(t.TempDir(), "runs")
 		argv, env := child("interval", log, "0s")
 		args := append([]string{"run", "--url", url, "--key", "nightly", "--ttl", "5s", "--min-hold", "2s", "--"}, argv...)

@@ -19,6 +19,7 @@ import (
 
 	"github.com/distlock/distlock"
 	"github.com/distlock/distlock/distlocktest"
+	"github.com/distlock/distlock/driver"
 )
 
 // bin is the distlock binary under test, built once by TestMain.
@@ -306,7 +307,7 @@ func liveBackends() []liveBackend {
 }
 
 // forEachBackend runs fn as a subtest for every live backend.
-func forEachBackend(t *testing.T, fn func(t *testing.T, b liveBackend, url string, caps distlock.Capabilities)) {
+func forEachBackend(t *testing.T, fn func(t *testing.T, b liveBackend, url string, caps driver.Capabilities)) {
 	bs := liveBackends()
 	if len(bs) == 0 {
 		distlocktest.Unavailable(t, "a backend shared between processes", "none is compiled into cmd/distlock (backends.go)")

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/distlock/distlock"
+	"github.com/distlock/distlock/driver"
 	"github.com/spf13/pflag"
 )
 
@@ -201,7 +202,7 @@ func acquire(ctx context.Context, env *cliEnv, args []string) int {
 
 // detachedProblem explains why a lock taken by this process could not
 // outlive it on the backend, or returns "".
-func detachedProblem(raw string, caps distlock.Capabilities) string {
+func detachedProblem(raw string, caps driver.Capabilities) string {
 	scheme := ""
 	if i := strings.Index(raw, "://"); i > 0 {
 		scheme = strings.ToLower(raw[:i])

@@ -1,7 +1,20 @@
-package distlock
+// Package driver defines the interface a distlock backend implements and
+// its optional capabilities. Users of distlock never need it: they use
+// distlock.Manager (or distlock.Open), which does validation, token
+// generation, waiting, renewal, error wrapping and observability once for
+// every backend, over a driver.Backend. Backend authors implement Backend
+// and whichever optional interfaces their server supports; the conformance
+// package tests the result.
+//
+// Errors: a backend returns distlock.ErrNotAcquired (held by another
+// token), distlock.ErrNotHeld (token does not hold the key), or a failure
+// wrapped with distlock.Unavailable. Any other error is treated as
+// distlock.ErrUnavailable.
+package driver
 
 import (
 	"context"
+	"sync"
 	"time"
 )
 
@@ -10,10 +23,8 @@ import (
 // validation, token generation, retries, error wrapping, renewal and
 // closed-checks once for every backend.
 //
-// Errors: a backend returns ErrNotAcquired (held by another token),
-// ErrNotHeld (token does not hold the key), or a failure wrapped with
-// Unavailable. Any other error is treated as ErrUnavailable. A backend must
-// return promptly when ctx ends.
+// Errors: see the package documentation. A backend must return promptly
+// when ctx ends.
 //
 // Keys are arbitrary non-empty byte strings (binary and non-UTF-8 keys are
 // distinct locks); tokens are non-empty strings. TTLs handed to a backend
@@ -91,6 +102,29 @@ type ReleaseNotifier interface {
 	SubscribeRelease(ctx context.Context, key string) (<-chan struct{}, func(), error)
 }
 
+// Queuer is implemented by backends whose server can queue the waiters of
+// a key itself, so that a release hands the key to exactly one waiter, in
+// the order they queued, across every process: etcd's create-revision
+// queue, PostgreSQL's blocking pg_advisory_lock, a Redis list next to the
+// key. The Manager calls AcquireWait for the first of its goroutines
+// waiting for a key (the others wait in the Manager's own line, see
+// distlock.WithHandoffLimit), instead of retrying Acquire. The backend
+// keeps no waiter state beyond what the server's queue needs.
+type Queuer interface {
+	// AcquireWait grants key to token for ttl, waiting in the server's
+	// queue behind the waiters that queued earlier while another token
+	// holds key. If key is free, or already held by token (a re-acquire),
+	// it returns at once as Acquire does. It returns when the key is
+	// granted, or when ctx ends: then with an error matching both
+	// distlock.ErrNotAcquired and ctx.Err(), having left the queue and
+	// holding nothing through this call (a grant that raced with the end
+	// of ctx is released before it returns). A grant that reached token
+	// by other means meanwhile (a Transfer from another token of this
+	// backend) is left alone: the Manager cancels the wait when it hands
+	// the key over.
+	AcquireWait(ctx context.Context, key, token string, ttl time.Duration) (Grant, error)
+}
+
 // LossWatcher is implemented by backends that learn by themselves when a
 // held lock is gone (a session died, a lease was revoked). Lock handles use
 // it to report a loss at once instead of at the next renewal or expiry.
@@ -102,14 +136,6 @@ type LossWatcher interface {
 	// locks held. stop ends the watch; lost may still run once concurrently
 	// with stop, never after stop has returned.
 	WatchLoss(key, token string, lost func()) (stop func())
-}
-
-// valid is how long the grant can be relied on.
-func (g Grant) valid() time.Duration {
-	if g.Valid > 0 && g.Valid < g.TTL {
-		return g.Valid
-	}
-	return g.TTL
 }
 
 // Transferer is implemented by backends that can pass a held lock from one
@@ -153,4 +179,48 @@ type LockInfo struct {
 	// another instance). Tokens release locks: treat it as a secret, as
 	// the Manager does (it never logs or records one).
 	Holder string
+}
+
+// ReleaseBroadcaster wakes the waiters of a key when it may have been
+// released. Backends that learn of releases — their own, or through a
+// server notification — use it to implement ReleaseNotifier. The zero value
+// is ready to use; it is safe for concurrent use.
+type ReleaseBroadcaster struct {
+	mu   sync.Mutex
+	subs map[string]map[chan struct{}]struct{}
+}
+
+// Subscribe returns a channel that receives (without ever blocking Notify)
+// each time key is notified, and a function that ends the subscription.
+func (r *ReleaseBroadcaster) Subscribe(key string) (<-chan struct{}, func()) {
+	ch := make(chan struct{}, 1)
+	r.mu.Lock()
+	if r.subs == nil {
+		r.subs = map[string]map[chan struct{}]struct{}{}
+	}
+	if r.subs[key] == nil {
+		r.subs[key] = map[chan struct{}]struct{}{}
+	}
+	r.subs[key][ch] = struct{}{}
+	r.mu.Unlock()
+	return ch, func() {
+		r.mu.Lock()
+		delete(r.subs[key], ch)
+		if len(r.subs[key]) == 0 {
+			delete(r.subs, key)
+		}
+		r.mu.Unlock()
+	}
+}
+
+// Notify wakes every subscriber of key.
+func (r *ReleaseBroadcaster) Notify(key string) {
+	r.mu.Lock()
+	for ch := range r.subs[key] {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+	r.mu.Unlock()
 }
