@@ -113,15 +113,16 @@ type ReleaseNotifier interface {
 type Queuer interface {
 	// AcquireWait grants key to token for ttl, waiting in the server's
 	// queue behind the waiters that queued earlier while another token
-	// holds key. If key is free, or already held by token (a re-acquire),
-	// it returns at once as Acquire does. It returns when the key is
-	// granted, or when ctx ends: then with an error matching both
-	// distlock.ErrNotAcquired and ctx.Err(), having left the queue and
-	// holding nothing through this call (a grant that raced with the end
-	// of ctx is released before it returns). A grant that reached token
-	// by other means meanwhile (a Transfer from another token of this
-	// backend) is left alone: the Manager cancels the wait when it hands
-	// the key over.
+	// holds key. If key is free and nobody queues, or key is already held
+	// by token (a re-acquire), it returns at once as Acquire does. It
+	// returns when the key is granted, or when ctx ends: then with an
+	// error matching ctx.Err(), having left the queue and holding nothing
+	// through this call (a grant that raced with the end of ctx is
+	// released before it returns). A grant that reached token by other
+	// means meanwhile (a Transfer to token by this backend) is left alone:
+	// the Manager cancels the wait once it has handed the key over that
+	// way. A server it cannot reach gives an error wrapped with
+	// distlock.Unavailable; the Manager then retries per its strategy.
 	AcquireWait(ctx context.Context, key, token string, ttl time.Duration) (Grant, error)
 }
 
@@ -179,6 +180,10 @@ type LockInfo struct {
 	// another instance). Tokens release locks: treat it as a secret, as
 	// the Manager does (it never logs or records one).
 	Holder string
+	// Waiters is how many waiters queue for the key on the server, where
+	// the backend is a Queuer (in every process, the holder not counted);
+	// zero otherwise.
+	Waiters int
 }
 
 // ReleaseBroadcaster wakes the waiters of a key when it may have been
