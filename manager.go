@@ -29,11 +29,11 @@ type Manager struct {
 	unmet      error     // why the backend fails Require, if it does
 	where      string    // scheme://host when opened by URL, for errors
 
-	qmu     sync.Mutex
-	queues  map[string]*keyQueue // goroutines waiting for a key, see handoff.go
-	closing chan struct{}        // closed by Close
+	qmu      sync.Mutex
+	queues   map[string]*keyQueue // goroutines waiting for a key, see handoff.go
+	closing  chan struct{}        // closed by Close
 	closeCtx context.Context      // cancelled by Close: ends waits in a backend's queue
-	endAll  context.CancelFunc
+	endAll   context.CancelFunc
 
 	closed    atomic.Bool
 	closeOnce sync.Once

@@ -213,10 +213,10 @@ func (s *Store) enter() error {
 type backend struct{ s *Store }
 
 var (
-	_ driver.Queuer          = (*backend)(nil)
-	_ driver.LossWatcher     = (*backend)(nil)
-	_ driver.Transferer      = (*backend)(nil)
-	_ driver.Inspector       = (*backend)(nil)
+	_ driver.Queuer      = (*backend)(nil)
+	_ driver.LossWatcher = (*backend)(nil)
+	_ driver.Transferer  = (*backend)(nil)
+	_ driver.Inspector   = (*backend)(nil)
 )
 
 func (b *backend) Acquire(ctx context.Context, key, token string, ttl time.Duration) (driver.Grant, error) {
