@@ -5,10 +5,8 @@ import (
 	"testing"
 )
 
-// TestLockValue: values round-trip, and the two comparisons of holds match
-// a value exactly when its token is the one asked about — for tokens that
-// are prefixes of one another, contain the separators, digits, NUL or
-// 0xff bytes.
+// TestLockValue: values round-trip, for tokens that are prefixes of one
+// another, contain the separators, digits, NUL or 0xff bytes.
 func TestLockValue(t *testing.T) {
 	tokens := []string{
 		"a", "ab", "a;", "a:", "a;1", "1", "11", "1:a", "2:ab", ";", ":", "\x00", "a\x00", "\xff", "a\xff", "\xff\xff",
@@ -21,13 +19,6 @@ func TestLockValue(t *testing.T) {
 			got, gf, ok := parseValue([]byte(v))
 			if !ok || got != tok || gf != f {
 				t.Fatalf("parseValue(lockValue(%q, %d)) = %q, %d, %v", tok, f, got, gf, ok)
-			}
-			for _, asked := range tokens {
-				h := holder(asked)
-				match := v > h && v < h+"\xff" // what etcd's byte-wise comparisons do
-				if match != (asked == tok) {
-					t.Fatalf("value %q, token %q: holds = %v", v, asked, match)
-				}
 			}
 		}
 	}
