@@ -138,6 +138,7 @@ type grant struct {
 	createRev int64
 	fence     int64
 	rev       int64 // the revision the grant was known at
+	queued    bool  // it came through the queue: others likely wait too
 	lease     clientv3.LeaseID
 	secs      int64 // requested seconds (the pool bucket)
 	ttl       int64 // granted seconds
@@ -432,8 +433,8 @@ func (b *Backend) queued(ctx context.Context, q, entry string, c int64, pred, to
 			return driver.Grant{}, err
 		}
 		b.granted(q, &grant{token: token, entry: entry, value: cur.value, createRev: c, fence: cur.fence, rev: rev,
-			lease: l.id, secs: secs, ttl: k.ttl, fresh: k.at}, 0)
-		return driver.Grant{TTL: time.Duration(k.ttl) * time.Second, Fence: uint64(cur.fence)}, nil
+			queued: true, lease: l.id, secs: secs, ttl: k.ttl, fresh: k.at}, 0)
+		return driver.Grant{TTL: time.Duration(k.ttl) * time.Second, Fence: uint64(cur.fence), At: k.at}, nil
 	}
 }
 
@@ -718,9 +719,10 @@ func (b *Backend) refreshed(q string, lease clientv3.LeaseID, t time.Time) {
 // Release implements driver.Backend: one transaction deletes token's
 // entry if it is the first, and touches the next entry (a put that
 // changes neither its value nor its lease) so that its waiter's fence is
-// the release's revision, above every earlier grant's. A holder known here
-// with nobody queued behind it is one transaction; otherwise a read of the
-// first two entries comes first. The lease, keyless now, is kept for the
+// the release's revision, above every earlier grant's. A read of the
+// first two entries comes first, unless the grant was made here without
+// waiting: then a transaction that finds others queued behind it reads
+// them instead of deleting. The lease, keyless now, is kept for the
 // next grant when it is ours; otherwise it expires.
 func (b *Backend) Release(ctx context.Context, key, token string) error {
 	ctx, cancel := b.reqCtx(ctx)
@@ -748,7 +750,7 @@ func (b *Backend) release(ctx context.Context, q, token string) (clientv3.LeaseI
 	}
 	b.mu.Unlock()
 	firstTwo := clientv3.OpGet(q, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend), clientv3.WithLimit(2))
-	if g != nil {
+	if g != nil && !g.queued {
 		resp, err := b.cli.Txn(ctx).If(clientv3.Compare(clientv3.Value(g.entry), "=", g.value),
 			clientv3.Compare(clientv3.CreateRevision(g.entry), "=", g.createRev),
 			clientv3.Compare(clientv3.CreateRevision(q), "<", g.createRev+1).WithPrefix()).
@@ -762,7 +764,7 @@ func (b *Backend) release(ctx context.Context, q, token string) (clientv3.LeaseI
 		kvs = resp.Responses[0].GetResponseRange().GetKvs()
 	}
 	for try := 0; ; try++ {
-		if try > 0 || g == nil {
+		if try > 0 || kvs == nil {
 			resp, err := b.cli.Do(ctx, firstTwo)
 			if err != nil {
 				return 0, b.unavailable("get", err)

@@ -191,7 +191,8 @@ func (b *Backend) Transfer(ctx context.Context, key, from, to string, ttl time.D
 			continue
 		}
 		rev := resp.Header.Revision
-		g := &grant{token: to, entry: entry, value: val, createRev: cur.createRev, fence: rev, rev: rev, lease: l.id, secs: secs, ttl: l.ttl, fresh: l.fresh}
+		g := &grant{token: to, entry: entry, value: val, createRev: cur.createRev, fence: rev, rev: rev, queued: mine != nil && mine.queued,
+			lease: l.id, secs: secs, ttl: l.ttl, fresh: l.fresh}
 		if refresh {
 			r := <-refreshed
 			if r.err != nil {
