@@ -601,10 +601,10 @@ func (b *Backend) granted(q string, g *grant, prevLease clientv3.LeaseID) {
 
 // reacquireKnown is a re-acquire by token of a grant this backend made for
 // the same number of seconds: if a read shows the entry still on that
-// grant (same value, create revision and lease), a keep-alive resets its
-// TTL — no raft write. A grant made or refreshed since the call started
-// (a transfer to token landed meanwhile) needs neither. ok is false when
-// the backend knows no such grant or the read shows another state.
+// grant, extendKV resets its TTL with a keep-alive — no raft write. A
+// grant made or refreshed since the call started (a transfer to token
+// landed meanwhile) needs neither. ok is false when the backend knows no
+// such grant or the read shows another state.
 func (b *Backend) reacquireKnown(ctx context.Context, q, token string, secs int64, start time.Time) (driver.Grant, bool, error) {
 	b.mu.Lock()
 	var g grant
@@ -622,22 +622,14 @@ func (b *Backend) reacquireKnown(ctx context.Context, q, token string, secs int6
 	if err != nil {
 		return driver.Grant{}, false, b.unavailable("get", err)
 	}
-	if len(resp.Kvs) == 0 {
+	if len(resp.Kvs) == 0 || string(resp.Kvs[0].Value) != g.value || resp.Kvs[0].CreateRevision != g.createRev {
 		return driver.Grant{}, false, nil
 	}
-	if kv := resp.Kvs[0]; string(kv.Value) != g.value || kv.CreateRevision != g.createRev || clientv3.LeaseID(kv.Lease) != g.lease {
-		return driver.Grant{}, false, nil
-	}
-	t := time.Now()
-	ttl, err := b.renew(ctx, g.lease)
-	switch {
-	case errors.Is(err, rpctypes.ErrLeaseNotFound):
+	gr, err := b.extendKV(ctx, q, resp.Kvs[0], token, secs)
+	if errors.Is(err, distlock.ErrNotHeld) {
 		return driver.Grant{}, false, nil // expired just now: the entry went with it
-	case err != nil:
-		return driver.Grant{}, false, b.unavailable("lease keep-alive", err)
 	}
-	b.refreshed(q, g.lease, t)
-	return driver.Grant{TTL: time.Duration(ttl) * time.Second, Fence: uint64(g.fence)}, true, nil
+	return gr, err == nil, err
 }
 
 // Extend implements driver.Backend: it reads the first entry, and if
