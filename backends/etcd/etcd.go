@@ -29,9 +29,7 @@
 // goroutines of one Manager is one (Transfer). A waiter (AcquireWait) puts
 // its entry in the queue and watches only the entry just before it, so a
 // release wakes one waiter in whichever process it is. The fencing number
-// is a revision: that of the write that made the grant (the entry's
-// creation, a Transfer, or the release that handed the lock on), written
-// into the value where a later write would change it. docs/etcd.md has the
+// is the revision of the write that made the grant. docs/etcd.md has the
 // details and the benchmark figures.
 package etcd
 
@@ -119,7 +117,6 @@ type Backend struct {
 	sweepAt int
 	losses  map[string]map[*lossWatch]struct{} // by queue prefix
 
-	rn renewer // the keep-alive stream
 }
 
 // spareLease is a lease of ours that has no key attached: reused by the
@@ -313,8 +310,8 @@ func (b *Backend) acquire(ctx context.Context, key, token string, ttl time.Durat
 		put := clientv3.OpPut(entry, val, clientv3.WithLease(l.id))
 		first := clientv3.OpGet(q, clientv3.WithFirstCreate()...)
 		txn := b.cli.Txn(rctx)
-		if wait {
-			txn = txn.Then(put, first, clientv3.OpGet(q, append(clientv3.WithLastCreate(), clientv3.WithLimit(2))...))
+		if wait { // the first entry before ours is put, and the last two after
+			txn = txn.Then(first, put, clientv3.OpGet(q, append(clientv3.WithLastCreate(), clientv3.WithLimit(2))...))
 		} else {
 			txn = txn.If(clientv3.Compare(clientv3.CreateRevision(q), "=", 0).WithPrefix()).Then(put).Else(first)
 		}
@@ -328,13 +325,8 @@ func (b *Backend) acquire(ctx context.Context, key, token string, ttl time.Durat
 			return driver.Grant{}, b.fail(ctx, "txn", err)
 		}
 		rev := resp.Header.Revision
-		var head *mvccpb.KeyValue // the first entry, unless ours is
-		if wait || !resp.Succeeded {
-			if kvs := resp.Responses[b2i(wait)].GetResponseRange().GetKvs(); len(kvs) > 0 && string(kvs[0].Key) != entry {
-				head = kvs[0]
-			}
-		}
-		if head == nil { // ours is the first entry
+		kvs := resp.Responses[0].GetResponseRange().GetKvs() // the first entry, unless ours is
+		if len(kvs) == 0 {
 			if refreshed != nil {
 				r := <-refreshed
 				if r.err != nil {
@@ -347,15 +339,13 @@ func (b *Backend) acquire(ctx context.Context, key, token string, ttl time.Durat
 				lease: l.id, secs: secs, ttl: l.ttl, fresh: l.fresh}, 0)
 			return driver.Grant{TTL: time.Duration(l.ttl) * time.Second, Fence: uint64(rev)}, nil
 		}
-		if tokenOf(head.Value) == token { // a re-acquire: reset the TTL
-			if !wait {
-				b.putSpare(secs, l)
-			} else if _, err := b.cli.Delete(rctx, entry); err != nil {
-				b.abandon(l)
+		if tokenOf(kvs[0].Value) == token { // a re-acquire: reset the TTL
+			if wait {
+				b.abandon(l) // our entry goes
 			} else {
 				b.putSpare(secs, l)
 			}
-			g, err := b.extendKV(rctx, q, head, token, secs)
+			g, err := b.extendKV(rctx, q, kvs[0], token, secs)
 			if errors.Is(err, distlock.ErrNotHeld) && try < 2 {
 				continue // it expired just now: the key may be free
 			}
@@ -365,7 +355,7 @@ func (b *Backend) acquire(ctx context.Context, key, token string, ttl time.Durat
 			b.putSpare(secs, l)
 			return driver.Grant{}, distlock.ErrNotAcquired
 		}
-		kvs := resp.Responses[2].GetResponseRange().GetKvs() // ours and the one before
+		kvs = resp.Responses[2].GetResponseRange().GetKvs() // ours and the one before
 		g, err := b.queued(ctx, q, entry, rev, string(kvs[len(kvs)-1].Key), token, l, secs)
 		if err != nil {
 			b.abandon(l)
@@ -373,13 +363,6 @@ func (b *Backend) acquire(ctx context.Context, key, token string, ttl time.Durat
 		}
 		return g, nil
 	}
-}
-
-func b2i(v bool) int {
-	if v {
-		return 1
-	}
-	return 0
 }
 
 // queued waits until entry, put at revision c behind pred, is the first of
@@ -415,7 +398,7 @@ func (b *Backend) queued(ctx context.Context, q, entry string, c int64, pred, to
 			pred, rev = string(before[0].Key), resp.Header.Revision
 			continue
 		}
-		cur, rev := heldBy(mine[0]), resp.Header.Revision
+		fence, rev := fenceOf(mine[0]), resp.Header.Revision
 		if mine[0].ModRevision == c { // not handed on by a release
 			rctx, cancel := b.reqCtx(ctx)
 			tr, err := b.cli.Txn(rctx).If(clientv3.Compare(clientv3.CreateRevision(entry), "=", c)).
@@ -427,14 +410,14 @@ func (b *Backend) queued(ctx context.Context, q, entry string, c int64, pred, to
 			if !tr.Succeeded {
 				return driver.Grant{}, b.unavailable("wait", errEntryLost)
 			}
-			cur.fence, rev = tr.Header.Revision, tr.Header.Revision
+			fence, rev = tr.Header.Revision, tr.Header.Revision
 		}
 		if err := ctx.Err(); err != nil {
 			return driver.Grant{}, err
 		}
-		b.granted(q, &grant{token: token, entry: entry, value: cur.value, createRev: c, fence: cur.fence, rev: rev,
+		b.granted(q, &grant{token: token, entry: entry, value: string(mine[0].Value), createRev: c, fence: fence, rev: rev,
 			queued: true, lease: l.id, secs: secs, ttl: k.ttl, fresh: k.at}, 0)
-		return driver.Grant{TTL: time.Duration(k.ttl) * time.Second, Fence: uint64(cur.fence), At: k.at}, nil
+		return driver.Grant{TTL: time.Duration(k.ttl) * time.Second, Fence: uint64(fence), At: k.at}, nil
 	}
 }
 
@@ -656,29 +639,29 @@ func (b *Backend) Extend(ctx context.Context, key, token string, ttl time.Durati
 // a move to a new lease, the fence written into the value so that it
 // stays.
 func (b *Backend) extendKV(ctx context.Context, q string, kv *mvccpb.KeyValue, token string, secs int64) (driver.Grant, error) {
-	cur := heldBy(kv)
-	if cur.lease != clientv3.NoLease {
+	fence, lease := fenceOf(kv), clientv3.LeaseID(kv.Lease)
+	if lease != clientv3.NoLease {
 		t := time.Now()
-		ttl, err := b.renew(ctx, cur.lease)
+		ttl, err := b.renew(ctx, lease)
 		switch {
 		case errors.Is(err, rpctypes.ErrLeaseNotFound):
 			return driver.Grant{}, distlock.ErrNotHeld // expired or revoked: the entry went with it
 		case err != nil:
 			return driver.Grant{}, b.unavailable("lease keep-alive", err)
 		}
-		b.refreshed(q, cur.lease, t)
+		b.refreshed(q, lease, t)
 		if ttl >= secs {
-			return driver.Grant{TTL: time.Duration(ttl) * time.Second, Fence: uint64(cur.fence)}, nil
+			return driver.Grant{TTL: time.Duration(ttl) * time.Second, Fence: uint64(fence)}, nil
 		}
 	}
 	l, spare, err := b.lease(ctx, secs)
 	if err != nil {
 		return driver.Grant{}, err
 	}
-	entry, val := string(kv.Key), lockValue(token, cur.fence)
+	entry, val := string(kv.Key), lockValue(token, fence)
 	tr, err := b.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.Value(entry), "=", cur.value), clientv3.Compare(clientv3.CreateRevision(entry), "=", kv.CreateRevision),
-			clientv3.Compare(clientv3.LeaseValue(entry), "=", cur.lease)).
+		If(clientv3.Compare(clientv3.Value(entry), "=", string(kv.Value)), clientv3.Compare(clientv3.CreateRevision(entry), "=", kv.CreateRevision),
+			clientv3.Compare(clientv3.LeaseValue(entry), "=", lease)).
 		Then(clientv3.OpPut(entry, val, clientv3.WithLease(l.id))).Commit()
 	if err != nil {
 		return driver.Grant{}, b.unavailable("txn", err)
@@ -695,9 +678,9 @@ func (b *Backend) extendKV(ctx context.Context, q string, kv *mvccpb.KeyValue, t
 		}
 		l.ttl, l.fresh = ttl, t
 	}
-	b.granted(q, &grant{token: token, entry: entry, value: val, createRev: kv.CreateRevision, fence: cur.fence, rev: tr.Header.Revision,
-		lease: l.id, secs: secs, ttl: l.ttl, fresh: l.fresh}, cur.lease)
-	return driver.Grant{TTL: time.Duration(l.ttl) * time.Second, Fence: uint64(cur.fence)}, nil
+	b.granted(q, &grant{token: token, entry: entry, value: val, createRev: kv.CreateRevision, fence: fence, rev: tr.Header.Revision,
+		lease: l.id, secs: secs, ttl: l.ttl, fresh: l.fresh}, lease)
+	return driver.Grant{TTL: time.Duration(l.ttl) * time.Second, Fence: uint64(fence)}, nil
 }
 
 func (b *Backend) refreshed(q string, lease clientv3.LeaseID, t time.Time) {
@@ -731,32 +714,16 @@ func (b *Backend) Release(ctx context.Context, key, token string) error {
 }
 
 func (b *Backend) release(ctx context.Context, q, token string) (clientv3.LeaseID, error) {
-	var kvs []*mvccpb.KeyValue
+	var kvs []*mvccpb.KeyValue // the first two entries, as last seen
+	alone := false             // kvs[0] is a grant made here without waiting: try it alone
 	b.mu.Lock()
-	g := b.grants[q]
-	if g != nil && g.token == token {
-		c := *g
-		g = &c
-	} else {
-		g = nil
+	if g := b.grants[q]; g != nil && g.token == token && !g.queued {
+		kvs, alone = []*mvccpb.KeyValue{{Key: []byte(g.entry), Value: []byte(g.value), CreateRevision: g.createRev, Lease: int64(g.lease)}}, true
 	}
 	b.mu.Unlock()
 	firstTwo := clientv3.OpGet(q, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend), clientv3.WithLimit(2))
-	if g != nil && !g.queued {
-		resp, err := b.cli.Txn(ctx).If(clientv3.Compare(clientv3.Value(g.entry), "=", g.value),
-			clientv3.Compare(clientv3.CreateRevision(g.entry), "=", g.createRev),
-			clientv3.Compare(clientv3.CreateRevision(q), "<", g.createRev+1).WithPrefix()).
-			Then(clientv3.OpDelete(g.entry)).Else(firstTwo).Commit()
-		if err != nil {
-			return 0, b.unavailable("txn", err)
-		}
-		if resp.Succeeded {
-			return g.lease, nil
-		}
-		kvs = resp.Responses[0].GetResponseRange().GetKvs()
-	}
 	for try := 0; ; try++ {
-		if try > 0 || kvs == nil {
+		if kvs == nil {
 			resp, err := b.cli.Do(ctx, firstTwo)
 			if err != nil {
 				return 0, b.unavailable("get", err)
@@ -766,24 +733,29 @@ func (b *Backend) release(ctx context.Context, q, token string) (clientv3.LeaseI
 		if len(kvs) == 0 || tokenOf(kvs[0].Value) != token {
 			return 0, distlock.ErrNotHeld
 		}
-		first := kvs[0]
-		ops := []clientv3.Op{clientv3.OpDelete(string(first.Key))}
+		first := string(kvs[0].Key)
+		cmps := []clientv3.Cmp{clientv3.Compare(clientv3.Value(first), "=", string(kvs[0].Value)),
+			clientv3.Compare(clientv3.CreateRevision(first), "=", kvs[0].CreateRevision)}
+		if alone {
+			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(q), "<", kvs[0].CreateRevision+1).WithPrefix())
+		}
+		ops := []clientv3.Op{clientv3.OpDelete(first)}
 		if len(kvs) > 1 {
 			next := string(kvs[1].Key)
 			ops = append(ops, clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(next), "=", kvs[1].CreateRevision)},
 				[]clientv3.Op{clientv3.OpPut(next, "", clientv3.WithIgnoreValue(), clientv3.WithIgnoreLease())}, nil))
 		}
-		resp, err := b.cli.Txn(ctx).If(clientv3.Compare(clientv3.Value(string(first.Key)), "=", string(first.Value)),
-			clientv3.Compare(clientv3.CreateRevision(string(first.Key)), "=", first.CreateRevision)).Then(ops...).Commit()
+		resp, err := b.cli.Txn(ctx).If(cmps...).Then(ops...).Else(firstTwo).Commit()
 		if err != nil {
 			return 0, b.unavailable("txn", err)
 		}
 		if resp.Succeeded {
-			return clientv3.LeaseID(first.Lease), nil
+			return clientv3.LeaseID(kvs[0].Lease), nil
 		}
 		if try >= 2 {
 			return 0, b.unavailable("txn", errors.New("the holder's entry keeps changing"))
 		}
+		kvs, alone = resp.Responses[0].GetResponseRange().GetKvs(), false
 	}
 }
 
@@ -817,4 +789,14 @@ func (b *Backend) Close() error {
 		return b.cli.Close()
 	}
 	return nil
+}
+
+// renew refreshes lease id and returns its TTL in seconds; the lease lives
+// at least that long after the moment renew was called.
+func (b *Backend) renew(ctx context.Context, id clientv3.LeaseID) (int64, error) {
+	ka, err := b.cli.KeepAliveOnce(ctx, id)
+	if err != nil {
+		return 0, err
+	}
+	return ka.TTL, nil
 }

@@ -28,13 +28,13 @@ func (b *Backend) Inspect(ctx context.Context, key string) (driver.LockInfo, err
 	if len(kvs) == 0 {
 		return driver.LockInfo{}, nil
 	}
-	cur := heldBy(kvs[0])
-	info := driver.LockInfo{Held: true, Fence: uint64(max(cur.fence, 0)), Holder: cur.token,
+	lease := clientv3.LeaseID(kvs[0].Lease)
+	info := driver.LockInfo{Held: true, Fence: uint64(max(fenceOf(kvs[0]), 0)), Holder: tokenOf(kvs[0].Value),
 		Waiters: int(resp.Responses[1].GetResponseRange().GetCount()) - 1}
-	if cur.lease == clientv3.NoLease {
+	if lease == clientv3.NoLease {
 		return info, nil // no lease: no expiry (not a key this package wrote)
 	}
-	tr, err := b.cli.TimeToLive(ctx, cur.lease)
+	tr, err := b.cli.TimeToLive(ctx, lease)
 	if err != nil {
 		return driver.LockInfo{}, b.unavailable("lease time-to-live", err)
 	}

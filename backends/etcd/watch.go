@@ -58,12 +58,8 @@ func (b *Backend) WatchLoss(key, token string, lost func()) func() {
 // after a read that shows the entry still held by the watch's token.
 func (b *Backend) watchLoss(ctx context.Context, q string, w *lossWatch, entry string, rev int64) {
 	for ctx.Err() == nil {
-		if entry == "" || rev == 0 {
-			op := clientv3.OpGet(entry)
-			if entry == "" {
-				op = clientv3.OpGet(q, clientv3.WithFirstCreate()...)
-			}
-			resp, err := b.cli.Do(clientv3.WithRequireLeader(ctx), op)
+		if rev == 0 {
+			resp, err := b.cli.Get(clientv3.WithRequireLeader(ctx), q, clientv3.WithFirstCreate()...)
 			if err != nil {
 				select {
 				case <-ctx.Done():
@@ -71,12 +67,11 @@ func (b *Backend) watchLoss(ctx context.Context, q string, w *lossWatch, entry s
 				}
 				continue
 			}
-			if kvs := resp.Get().Kvs; len(kvs) == 0 || tokenOf(kvs[0].Value) != w.token {
+			if len(resp.Kvs) == 0 || tokenOf(resp.Kvs[0].Value) != w.token || (entry != "" && string(resp.Kvs[0].Key) != entry) {
 				b.lose(w)
 				return
-			} else {
-				entry, rev = string(kvs[0].Key), resp.Get().Header.Revision
 			}
+			entry, rev = string(resp.Kvs[0].Key), resp.Header.Revision
 		}
 		for wr := range b.cli.Watch(clientv3.WithRequireLeader(ctx), entry, clientv3.WithRev(rev+1)) {
 			for _, ev := range wr.Events {
