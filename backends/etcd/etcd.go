@@ -456,7 +456,7 @@ func (b *Backend) waitDelete(ctx context.Context, key string, rev int64, lease c
 // if that fails.
 func (b *Backend) abandon(l spareLease) {
 	revoke := func() bool {
-		ctx, cancel := context.WithTimeout(b.ctx, time.Second)
+		ctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(b.ctx), time.Second)
 		defer cancel()
 		_, err := b.cli.Revoke(ctx, l.id)
 		return err == nil || errors.Is(err, rpctypes.ErrLeaseNotFound)
