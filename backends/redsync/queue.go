@@ -1,0 +1,219 @@
+package redsync
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/distlock/distlock"
+	"github.com/distlock/distlock/driver"
+	rsredis "github.com/go-redsync/redsync/v4/redis"
+)
+
+const (
+	// reserveFor is how long a key handed to the head of its queue stays
+	// reserved for it: the woken waiter claims it within a round trip,
+	// and a waiter that has gone (crashed) delays the next one by at most
+	// this much (plus pollEvery when nobody else polls sooner).
+	reserveFor = 250 * time.Millisecond
+	// pollNoPubSub is the same bound on pools without pub/sub (redigo,
+	// rueidis, …): their waiters learn of a hand-over only by looking.
+	pollNoPubSub = 10 * time.Millisecond
+	// queueLife is how long a queue outlives the last look of its
+	// waiters: the queue of waiters that all crashed goes away.
+	queueLife = 30 * time.Second
+	// leaveTimeout bounds the clean-up of a wait whose ctx ended.
+	leaveTimeout = 500 * time.Millisecond
+)
+
+// pollEvery bounds how long a queued waiter on a go-redis client waits for
+// its wake-up before it looks again (a message lost while the pub/sub
+// connection was down, a head that crashed); it also looks when the
+// holder's TTL runs out, since an expiry tells nobody. Variable (atomic)
+// for the tests only.
+var pollEvery atomic.Int64
+
+func init() { pollEvery.Store(int64(200 * time.Millisecond)) }
+
+// AcquireWait implements driver.Queuer. A fenced backend queues token in a
+// list next to key (one script: a free key nobody queues for is granted at
+// once, as Acquire does) and waits until a release hands it the key: the
+// release reserves the key for the head of the queue and publishes on the
+// channel of the head's backend only, so one release wakes one waiter, first
+// come first served across processes. The woken waiter claims the key with
+// one more script. Waiters also look again when the holder's TTL runs out,
+// and at least every 200 ms (every 10 ms on pools without pub/sub). When
+// ctx ends, the waiter leaves the queue and passes on a key reserved for
+// it (or granted by a call whose reply ctx cut off); a key handed to token
+// by Transfer is left alone.
+//
+// Unfenced backends poll Acquire, with backoff up to 32 ms; with go-redsync
+// options, go-redsync's own retry loop waits.
+func (b *Backend) AcquireWait(ctx context.Context, key, token string, ttl time.Duration) (driver.Grant, error) {
+	if !b.fenced || len(b.ropts) > 0 {
+		return b.pollAcquire(ctx, key, token, ttl)
+	}
+	if err := b.checkKey(key); err != nil {
+		return driver.Grant{}, err
+	}
+	woken := make(chan struct{}, 1)
+	if b.wake != nil {
+		defer b.wake.add(wakeName(key, token), woken)()
+	}
+	call := strconv.FormatUint(rand.Uint64(), 16)
+	entry := b.pid + ":" + token
+	keys := []any{key, b.fenceKeyFor(key), b.queueKey(key)}
+	subscribed := b.wake == nil
+	for {
+		code, n, err := b.evalPair(ctx, waitScript, append(keys, token, ttl.Milliseconds(), entry, call,
+			queueLife.Milliseconds(), reserveFor.Milliseconds(), b.channelPrefix)...)
+		switch {
+		case ctx.Err() != nil:
+			// Whatever this call got (its reply may be lost) is given up.
+			return driver.Grant{}, b.leave(ctx, keys, token, entry, call)
+		case err != nil:
+			_ = b.leave(ctx, keys, token, entry, call) // best effort
+			return driver.Grant{}, err
+		case code == 0 || code == 1:
+			return driver.Grant{TTL: ttl, Fence: uint64(n)}, nil
+		}
+		wait := time.Duration(pollEvery.Load())
+		if b.wake == nil {
+			wait = pollNoPubSub
+		}
+		if n >= 0 {
+			wait = min(wait, time.Duration(n+1)*time.Millisecond)
+		}
+		if !subscribed {
+			subscribed = true
+			if ready := b.wake.subscribed(ctx); ready != nil && !isClosed(ready) {
+				// First wait on this backend: a wake-up published before
+				// the subscription was active is lost, so look again once
+				// it is.
+				t := time.NewTimer(time.Second)
+				select {
+				case <-ready:
+				case <-ctx.Done():
+				case <-t.C:
+				}
+				t.Stop()
+				continue
+			}
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-woken:
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		t.Stop()
+	}
+}
+
+func isClosed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
+
+// leave takes an ended wait out of key's queue (see leaveScript), within
+// leaveTimeout even though ctx has ended, and returns the error to report.
+func (b *Backend) leave(ctx context.Context, keys []any, token, entry, call string) error {
+	base := ctx
+	if ctx.Err() != nil {
+		base = context.WithoutCancel(ctx)
+	}
+	lctx, cancel := context.WithTimeout(base, leaveTimeout)
+	defer cancel()
+	_, err := b.eval(lctx, leaveScript, append(keys, token, entry, call, reserveFor.Milliseconds(), b.channelPrefix)...)
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return err
+}
+
+// evalPair runs a script replying {code, number}.
+func (c *core) evalPair(ctx context.Context, s *rsredis.Script, keysAndArgs ...any) (int64, int64, error) {
+	conn, err := c.pools[0].Get(ctx)
+	if err != nil {
+		return 0, 0, classify(err)
+	}
+	defer conn.Close()
+	v, err := conn.Eval(s, keysAndArgs...)
+	if err != nil {
+		return 0, 0, classify(err)
+	}
+	if r, ok := v.([]any); ok && len(r) == 2 {
+		code, ok1 := r[0].(int64)
+		n, ok2 := r[1].(int64)
+		if ok1 && ok2 {
+			return code, n, nil
+		}
+	}
+	return 0, 0, distlock.Unavailable(fmt.Errorf("redis: unexpected script reply %T", v))
+}
+
+// pollAcquire waits by retrying Acquire, 1 ms apart at first and doubling
+// up to 32 ms (with go-redsync options, Acquire waits by itself).
+func (b *Backend) pollAcquire(ctx context.Context, key, token string, ttl time.Duration) (driver.Grant, error) {
+	for d := time.Millisecond; ; d = min(2*d, 32*time.Millisecond) {
+		g, err := b.Acquire(ctx, key, token, ttl)
+		if !errors.Is(err, distlock.ErrNotAcquired) || len(b.ropts) > 0 {
+			if ctx.Err() != nil {
+				return g, ctx.Err()
+			}
+			return g, err
+		}
+		t := time.NewTimer(d/2 + rand.N(d))
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return driver.Grant{}, ctx.Err()
+		}
+	}
+}
+
+// inspectFenced reads a fenced key and its queue in one script.
+func (c *core) inspectFenced(ctx context.Context, key string) (driver.LockInfo, error) {
+	conn, err := c.pools[0].Get(ctx)
+	if err != nil {
+		return driver.LockInfo{}, classify(err)
+	}
+	defer conn.Close()
+	v, err := conn.Eval(inspectScript, key, c.queueKey(key))
+	if err != nil {
+		return driver.LockInfo{}, classify(err)
+	}
+	r, _ := v.([]any)
+	if len(r) != 3 {
+		return driver.LockInfo{}, distlock.Unavailable(fmt.Errorf("redis: unexpected script reply %T", v))
+	}
+	var val string
+	switch x := r[0].(type) {
+	case string:
+		val = x
+	case []byte: // redigo
+		val = string(x)
+	}
+	ttl, _ := r[1].(int64)
+	n, _ := r[2].(int64)
+	info := driver.LockInfo{Waiters: int(n)}
+	if mark, tok, ok := strings.Cut(val, ":"); ok && ttl != -2 {
+		digits := mark // then the mark, if any
+		if i := strings.IndexFunc(mark, func(r rune) bool { return r < '0' || r > '9' }); i >= 0 {
+			digits = mark[:i]
+		}
+		info.Held, info.Holder, info.TTL = true, tok, time.Duration(max(ttl, 0))*time.Millisecond
+		info.Fence, _ = strconv.ParseUint(digits, 10, 64)
+	}
+	return info, nil
+}
