@@ -91,12 +91,12 @@ if v then
   local i = string.find(v, ':', 1, true)
   if i and string.sub(v, i + 1) == ARGV[1] then
     local f = string.match(v, '^%d+')
+    redis.call('LREM', KEYS[3], 0, ARGV[3])
     if string.byte(v, i - 1) ~= 114 then
       redis.call('PEXPIRE', KEYS[1], ARGV[2])
       return {1, tonumber(f)}
     end
     redis.call('SET', KEYS[1], f .. 'q' .. ARGV[4] .. ':' .. ARGV[1], 'PX', ARGV[2])
-    redis.call('LREM', KEYS[3], 0, ARGV[3])
     return {0, tonumber(f)}
   end
 else
