@@ -103,12 +103,12 @@ func newCore(pools []rsredis.Pool, cfg *config) *core {
 type Backend struct{ *core }
 
 var (
-	_ driver.Backend         = (*Backend)(nil)
-	_ driver.Queuer          = (*Backend)(nil)
-	_ driver.Transferer      = (*Backend)(nil)
-	_ driver.Inspector       = (*Backend)(nil)
-	_ driver.Backend         = (*Redlock)(nil)
-	_ driver.Inspector       = (*Redlock)(nil)
+	_ driver.Backend    = (*Backend)(nil)
+	_ driver.Queuer     = (*Backend)(nil)
+	_ driver.Transferer = (*Backend)(nil)
+	_ driver.Inspector  = (*Backend)(nil)
+	_ driver.Backend    = (*Redlock)(nil)
+	_ driver.Inspector  = (*Redlock)(nil)
 )
 
 // Redlock is the distlock backend over N independent Redis masters, run by

@@ -137,7 +137,7 @@ end
 return 0
 `)
 
-// inspectScript: KEYS[1] lock, KEYS[2] queue. Replies {value or '', PTTL,
+// inspectScript: KEYS[1] lock, KEYS[2] queue. Replies {value (empty if none), PTTL,
 // queue length} without changing anything.
 var inspectScript = script(2, `
 return {redis.call('GET', KEYS[1]) or '', redis.call('PTTL', KEYS[1]), redis.call('LLEN', KEYS[2])}

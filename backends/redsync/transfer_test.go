@@ -174,4 +174,3 @@ func TestTransferNotHeld(t *testing.T) {
 		}
 	})
 }
-
