@@ -70,6 +70,7 @@ func (b *Backend) AcquireWait(ctx context.Context, key, token string, ttl time.D
 	keys := []any{key, b.fenceKeyFor(key), b.queueKey(key)}
 	subscribed := b.wake == nil
 	for {
+		t0 := time.Now()
 		code, n, err := b.evalPair(ctx, waitScript, append(keys, token, ttl.Milliseconds(), entry, call,
 			queueLife.Milliseconds(), reserveFor.Milliseconds(), b.channelPrefix)...)
 		switch {
@@ -80,7 +81,7 @@ func (b *Backend) AcquireWait(ctx context.Context, key, token string, ttl time.D
 			_ = b.leave(ctx, keys, token, entry, call) // best effort
 			return driver.Grant{}, err
 		case code == 0 || code == 1:
-			return driver.Grant{TTL: ttl, Fence: uint64(n)}, nil
+			return driver.Grant{TTL: ttl, Fence: uint64(n), At: t0}, nil
 		}
 		wait := time.Duration(pollEvery.Load())
 		if b.wake == nil {
@@ -165,7 +166,9 @@ func (c *core) evalPair(ctx context.Context, s *rsredis.Script, keysAndArgs ...a
 // up to 32 ms (with go-redsync options, Acquire waits by itself).
 func (b *Backend) pollAcquire(ctx context.Context, key, token string, ttl time.Duration) (driver.Grant, error) {
 	for d := time.Millisecond; ; d = min(2*d, 32*time.Millisecond) {
+		t0 := time.Now()
 		g, err := b.Acquire(ctx, key, token, ttl)
+		g.At = t0
 		if !errors.Is(err, distlock.ErrNotAcquired) || len(b.ropts) > 0 {
 			if ctx.Err() != nil {
 				return g, ctx.Err()
