@@ -323,8 +323,8 @@ func (c *core) Release(ctx context.Context, key, token string) error {
 	if err := c.checkKey(key); err != nil {
 		return err
 	}
-	if c.fenced {
-		n, err := c.eval(ctx, releaseScript, key, c.fenceKeyFor(key), c.queueKey(key), token, reserveFor.Milliseconds(), c.channelPrefix)
+	if len(c.pools) == 1 {
+		n, err := c.eval(ctx, releaseScript, c.queueArgs(key, token)...)
 		if err != nil {
 			return err
 		}
@@ -355,8 +355,8 @@ func (c *core) Inspect(ctx context.Context, key string) (driver.LockInfo, error)
 	if err := c.checkKey(key); err != nil {
 		return driver.LockInfo{}, err
 	}
-	if c.fenced {
-		return c.inspectFenced(ctx, key)
+	if len(c.pools) == 1 {
+		return c.inspectQueued(ctx, key)
 	}
 	held := make(map[string]int, len(c.pools)) // value → masters holding it
 	ttls := make(map[string]time.Duration, len(c.pools))
@@ -641,9 +641,10 @@ func (c *grantConn) Eval(s *rsredis.Script, keysAndArgs ...any) (any, error) {
 		if !c.r.created[c.p.i].CompareAndSwap(true, false) {
 			return int64(0), nil
 		}
-		if c.p.c.fenced && len(keysAndArgs) == 2 {
+		if len(c.p.c.pools) == 1 && len(keysAndArgs) == 2 {
 			name, _ := keysAndArgs[0].(string)
-			return c.Conn.Eval(releaseScript, name, c.p.c.fenceKeyFor(name), c.p.c.queueKey(name), keysAndArgs[1], reserveFor.Milliseconds(), c.p.c.channelPrefix)
+			token, _ := keysAndArgs[1].(string)
+			return c.Conn.Eval(releaseScript, c.p.c.queueArgs(name, token)...)
 		}
 	case strings.Contains(s.Src, "PEXPIRE") && strings.Contains(s.Src, "NX"):
 		s = touchScript

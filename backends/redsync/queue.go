@@ -2,7 +2,6 @@ package redsync
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strconv"
@@ -40,23 +39,21 @@ var pollEvery atomic.Int64
 
 func init() { pollEvery.Store(int64(200 * time.Millisecond)) }
 
-// AcquireWait implements driver.Queuer. A fenced backend queues token in a
-// list next to key (one script: a free key nobody queues for is granted at
-// once, as Acquire does) and waits until a release hands it the key: the
-// release reserves the key for the head of the queue and publishes on the
-// channel of the head's backend only, so one release wakes one waiter, first
-// come first served across processes. The woken waiter claims the key with
-// one more script. Waiters also look again when the holder's TTL runs out,
-// and at least every 200 ms (every 10 ms on pools without pub/sub). When
-// ctx ends, the waiter leaves the queue and passes on a key reserved for
-// it (or granted by a call whose reply ctx cut off); a key handed to token
-// by Transfer is left alone.
-//
-// Unfenced backends poll Acquire, with backoff up to 32 ms; with go-redsync
-// options, go-redsync's own retry loop waits.
+// AcquireWait implements driver.Queuer. It queues token in a list next to
+// key (one script: a free key nobody queues for is granted at once, as
+// Acquire does) and waits until a release hands it the key: the release
+// reserves the key for the head of the queue and publishes on the channel
+// of the head's backend only, so one release wakes one waiter, first come
+// first served across processes. The woken waiter claims the key with one
+// more script. Waiters also look again when the holder's TTL runs out, and
+// at least every 200 ms (every 10 ms on pools without pub/sub). When ctx
+// ends, the waiter leaves the queue and passes on a key reserved for it
+// (or, fenced, granted by a call whose reply ctx cut off); a key handed to
+// token by Transfer is left alone. With go-redsync options it is Acquire:
+// go-redsync's own retry loop waits.
 func (b *Backend) AcquireWait(ctx context.Context, key, token string, ttl time.Duration) (driver.Grant, error) {
-	if !b.fenced || len(b.ropts) > 0 {
-		return b.pollAcquire(ctx, key, token, ttl)
+	if len(b.ropts) > 0 {
+		return b.Acquire(ctx, key, token, ttl)
 	}
 	if err := b.checkKey(key); err != nil {
 		return driver.Grant{}, err
@@ -67,22 +64,26 @@ func (b *Backend) AcquireWait(ctx context.Context, key, token string, ttl time.D
 	}
 	call := strconv.FormatUint(rand.Uint64(), 16)
 	entry := b.pid + ":" + token
-	keys := []any{key, b.fenceKeyFor(key), b.queueKey(key)}
-	subscribed := b.wake == nil
+	args := b.queueArgs(key, token)
+	subscribed, replied := b.wake == nil, false
 	for {
 		t0 := time.Now()
-		code, n, err := b.evalPair(ctx, waitScript, append(keys, token, ttl.Milliseconds(), entry, call,
-			queueLife.Milliseconds(), reserveFor.Milliseconds(), b.channelPrefix)...)
+		code, n, err := b.evalPair(ctx, waitScript, append(args, ttl.Milliseconds(), entry, call, queueLife.Milliseconds())...)
 		switch {
 		case ctx.Err() != nil:
 			// Whatever this call got (its reply may be lost) is given up.
-			return driver.Grant{}, b.leave(ctx, keys, token, entry, call)
+			b.leave(ctx, args, entry, call)
+			if err != nil && !replied {
+				return driver.Grant{}, err // never reached the server: unavailable
+			}
+			return driver.Grant{}, ctx.Err()
 		case err != nil:
-			_ = b.leave(ctx, keys, token, entry, call) // best effort
+			b.leave(ctx, args, entry, call) // best effort
 			return driver.Grant{}, err
 		case code == 0 || code == 1:
 			return driver.Grant{TTL: ttl, Fence: uint64(n), At: t0}, nil
 		}
+		replied = true
 		wait := time.Duration(pollEvery.Load())
 		if b.wake == nil {
 			wait = pollNoPubSub
@@ -116,6 +117,16 @@ func (b *Backend) AcquireWait(ctx context.Context, key, token string, ttl time.D
 	}
 }
 
+// queueArgs returns the keys and the leading arguments of the queue
+// scripts (see queueLua) for token on key.
+func (c *core) queueArgs(key, token string) []any {
+	fenced := "0"
+	if c.fenced {
+		fenced = "1"
+	}
+	return []any{key, c.fenceKeyFor(key), c.queueKey(key), token, fenced, reserveFor.Milliseconds(), c.channelPrefix}
+}
+
 func isClosed(c <-chan struct{}) bool {
 	select {
 	case <-c:
@@ -125,20 +136,15 @@ func isClosed(c <-chan struct{}) bool {
 	}
 }
 
-// leave takes an ended wait out of key's queue (see leaveScript), within
-// leaveTimeout even though ctx has ended, and returns the error to report.
-func (b *Backend) leave(ctx context.Context, keys []any, token, entry, call string) error {
-	base := ctx
+// leave takes an ended wait out of key's queue (see leaveScript), on a
+// detached deadline of leaveTimeout if ctx has ended.
+func (b *Backend) leave(ctx context.Context, args []any, entry, call string) {
 	if ctx.Err() != nil {
-		base = context.WithoutCancel(ctx)
+		ctx = context.WithoutCancel(ctx)
 	}
-	lctx, cancel := context.WithTimeout(base, leaveTimeout)
+	ctx, cancel := context.WithTimeout(ctx, leaveTimeout)
 	defer cancel()
-	_, err := b.eval(lctx, leaveScript, append(keys, token, entry, call, reserveFor.Milliseconds(), b.channelPrefix)...)
-	if ctx.Err() != nil {
-		return ctx.Err()
-	}
-	return err
+	_, _ = b.eval(ctx, leaveScript, append(args, entry, call)...)
 }
 
 // evalPair runs a script replying {code, number}.
@@ -162,31 +168,8 @@ func (c *core) evalPair(ctx context.Context, s *rsredis.Script, keysAndArgs ...a
 	return 0, 0, distlock.Unavailable(fmt.Errorf("redis: unexpected script reply %T", v))
 }
 
-// pollAcquire waits by retrying Acquire, 1 ms apart at first and doubling
-// up to 32 ms (with go-redsync options, Acquire waits by itself).
-func (b *Backend) pollAcquire(ctx context.Context, key, token string, ttl time.Duration) (driver.Grant, error) {
-	for d := time.Millisecond; ; d = min(2*d, 32*time.Millisecond) {
-		t0 := time.Now()
-		g, err := b.Acquire(ctx, key, token, ttl)
-		g.At = t0
-		if !errors.Is(err, distlock.ErrNotAcquired) || len(b.ropts) > 0 {
-			if ctx.Err() != nil {
-				return g, ctx.Err()
-			}
-			return g, err
-		}
-		t := time.NewTimer(d/2 + rand.N(d))
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return driver.Grant{}, ctx.Err()
-		}
-	}
-}
-
-// inspectFenced reads a fenced key and its queue in one script.
-func (c *core) inspectFenced(ctx context.Context, key string) (driver.LockInfo, error) {
+// inspectQueued reads a single node's key and its queue in one script.
+func (c *core) inspectQueued(ctx context.Context, key string) (driver.LockInfo, error) {
 	conn, err := c.pools[0].Get(ctx)
 	if err != nil {
 		return driver.LockInfo{}, classify(err)
@@ -210,12 +193,16 @@ func (c *core) inspectFenced(ctx context.Context, key string) (driver.LockInfo, 
 	ttl, _ := r[1].(int64)
 	n, _ := r[2].(int64)
 	info := driver.LockInfo{Waiters: int(n)}
-	if mark, tok, ok := strings.Cut(val, ":"); ok && ttl != -2 {
+	if val == "" || ttl == -2 {
+		return info, nil
+	}
+	info.Held, info.Holder, info.TTL = true, strings.TrimPrefix(val, reserved), time.Duration(max(ttl, 0))*time.Millisecond
+	if mark, tok, ok := strings.Cut(val, ":"); ok && c.fenced {
 		digits := mark // then the mark, if any
 		if i := strings.IndexFunc(mark, func(r rune) bool { return r < '0' || r > '9' }); i >= 0 {
 			digits = mark[:i]
 		}
-		info.Held, info.Holder, info.TTL = true, tok, time.Duration(max(ttl, 0))*time.Millisecond
+		info.Holder = tok
 		info.Fence, _ = strconv.ParseUint(digits, 10, 64)
 	}
 	return info, nil
