@@ -6,24 +6,25 @@
 // single Redis deployment (Backend); several are independent Redlock masters
 // (Redlock).
 //
-// What runs on go-redsync: every Redlock operation and every unfenced one is
-// a go-redsync Mutex call (TryLockContext or LockContext, ExtendContext,
-// UnlockContext) with go-redsync's quorum, drift, per-node timeout,
-// fail-fast and shuffling, configured by the caller's go-redsync options
-// (WithRedsyncOptions). distlock adds its contract on top through the pool
-// it hands the Mutex: where go-redsync's SET NX finds the key taken, a
-// short script checks whether the caller's own token holds it and then
-// resets its TTL in place, so a holder's re-acquire never drops the lock
-// and go-redsync's failure cleanup (which deletes only the caller's token)
-// never deletes a lock its holder still has.
+// What runs on go-redsync: every Redlock operation, and every unfenced
+// acquire and extend, is a go-redsync Mutex call (TryLockContext or
+// LockContext, ExtendContext, UnlockContext) with go-redsync's quorum,
+// drift, per-node timeout, fail-fast and shuffling, configured by the
+// caller's go-redsync options (WithRedsyncOptions). distlock adds its
+// contract on top through the pool it hands the Mutex: where go-redsync's
+// SET NX finds the key taken, a short script checks whether the caller's
+// own token holds it and then resets its TTL in place, so a holder's
+// re-acquire never drops the lock and go-redsync's failure cleanup (which
+// deletes only the caller's token) never deletes a lock its holder still
+// has.
 //
 // What is distlock's own: the fenced single-node grant (a counter and the
-// grant in one script, which go-redsync cannot do), its extend, release and
-// in-process transfer and its queue of waiters (AcquireWait), sent as
-// scripts through the same pool; and, where a go-redis client is at hand,
-// the pub/sub subscription on which a queued waiter is told that a release
-// handed it the key. Other pools' waiters poll the queue; unfenced locks
-// and Redlock waiters poll.
+// grant in one script, which go-redsync cannot do) and its extend; on a
+// single node, fenced or not, the release, the in-process transfer and the
+// queue of waiters (AcquireWait), sent as scripts through the same pool;
+// and, where a go-redis client is at hand, the pub/sub subscription on
+// which a queued waiter is told that a release handed it the key. Waiters
+// on other pools poll the queue; Redlock waiters poll.
 package redsync
 
 import (
