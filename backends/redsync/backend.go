@@ -483,20 +483,45 @@ func (c *core) queueKey(key string) string { return c.fenceKeyFor(key) + ":q:" +
 // eval runs one of distlock's scripts on the single node's pool and
 // returns its integer reply.
 func (c *core) eval(ctx context.Context, s *rsredis.Script, keysAndArgs ...any) (int64, error) {
+	r, err := c.evalList(ctx, 1, s, keysAndArgs...)
+	if err != nil {
+		return 0, err
+	}
+	n, ok := r[0].(int64)
+	if !ok {
+		return 0, errReply
+	}
+	return n, nil
+}
+
+var errReply = distlock.Unavailable(errors.New("redis: unexpected script reply"))
+
+// evalList runs one of distlock's scripts on the single node's pool and
+// returns its reply as a list of n elements (an integer reply is a list
+// of one); integers are int64, strings string (whatever the pool).
+func (c *core) evalList(ctx context.Context, n int, s *rsredis.Script, keysAndArgs ...any) ([]any, error) {
 	conn, err := c.pools[0].Get(ctx)
 	if err != nil {
-		return 0, classify(err)
+		return nil, classify(err)
 	}
 	defer conn.Close()
 	v, err := conn.Eval(s, keysAndArgs...)
 	if err != nil {
-		return 0, classify(err)
+		return nil, classify(err)
 	}
-	n, ok := v.(int64)
+	r, ok := v.([]any)
 	if !ok {
-		return 0, distlock.Unavailable(fmt.Errorf("redis: unexpected script reply %T", v))
+		r = []any{v}
 	}
-	return n, nil
+	if len(r) != n {
+		return nil, errReply
+	}
+	for i, e := range r {
+		if b, ok := e.([]byte); ok { // redigo
+			r[i] = string(b)
+		}
+	}
+	return r, nil
 }
 
 // minNodeTimeout is the least a Mutex round waits for each master unless

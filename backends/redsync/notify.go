@@ -24,7 +24,7 @@ type waker struct {
 	mu      sync.Mutex
 	ps      *redis.PubSub
 	ready   chan struct{} // closed once the server confirmed the subscription
-	waiters map[string][]chan struct{}
+	waiters map[string]chan struct{}
 	closed  bool
 	loop    sync.WaitGroup
 }
@@ -42,30 +42,23 @@ func wakeName(key, token string) string {
 	return strconv.Itoa(len(token)) + ":" + token + key
 }
 
-// add registers ch to be sent a value when name is published; the
-// returned function unregisters it.
+// add registers ch to be sent a value when name is published, and returns
+// a function that unregisters it. A backend has one waiter per key and
+// token (the Manager's head); a second one replaces the first, which then
+// polls.
 func (w *waker) add(name string, ch chan struct{}) func() {
 	w.mu.Lock()
 	if w.waiters == nil {
-		w.waiters = make(map[string][]chan struct{})
+		w.waiters = make(map[string]chan struct{})
 	}
-	w.waiters[name] = append(w.waiters[name], ch)
+	w.waiters[name] = ch
 	w.mu.Unlock()
 	return func() {
 		w.mu.Lock()
-		defer w.mu.Unlock()
-		s := w.waiters[name]
-		for i, c := range s {
-			if c == ch {
-				s = append(s[:i], s[i+1:]...)
-				break
-			}
-		}
-		if len(s) == 0 {
+		if w.waiters[name] == ch {
 			delete(w.waiters, name)
-		} else {
-			w.waiters[name] = s
 		}
+		w.mu.Unlock()
 	}
 }
 
@@ -114,12 +107,10 @@ func (w *waker) receive(msgs <-chan any) {
 	}
 }
 
-func notify(s []chan struct{}) {
-	for _, c := range s {
-		select {
-		case c <- struct{}{}:
-		default:
-		}
+func notify(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
 	}
 }
 

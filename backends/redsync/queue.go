@@ -2,14 +2,12 @@ package redsync
 
 import (
 	"context"
-	"fmt"
 	"math/rand/v2"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
 
-	"github.com/distlock/distlock"
 	"github.com/distlock/distlock/driver"
 	rsredis "github.com/go-redsync/redsync/v4/redis"
 )
@@ -149,47 +147,25 @@ func (b *Backend) leave(ctx context.Context, args []any, entry, call string) {
 
 // evalPair runs a script replying {code, number}.
 func (c *core) evalPair(ctx context.Context, s *rsredis.Script, keysAndArgs ...any) (int64, int64, error) {
-	conn, err := c.pools[0].Get(ctx)
+	r, err := c.evalList(ctx, 2, s, keysAndArgs...)
 	if err != nil {
-		return 0, 0, classify(err)
+		return 0, 0, err
 	}
-	defer conn.Close()
-	v, err := conn.Eval(s, keysAndArgs...)
-	if err != nil {
-		return 0, 0, classify(err)
+	code, ok1 := r[0].(int64)
+	n, ok2 := r[1].(int64)
+	if !ok1 || !ok2 {
+		return 0, 0, errReply
 	}
-	if r, ok := v.([]any); ok && len(r) == 2 {
-		code, ok1 := r[0].(int64)
-		n, ok2 := r[1].(int64)
-		if ok1 && ok2 {
-			return code, n, nil
-		}
-	}
-	return 0, 0, distlock.Unavailable(fmt.Errorf("redis: unexpected script reply %T", v))
+	return code, n, nil
 }
 
 // inspectQueued reads a single node's key and its queue in one script.
 func (c *core) inspectQueued(ctx context.Context, key string) (driver.LockInfo, error) {
-	conn, err := c.pools[0].Get(ctx)
+	r, err := c.evalList(ctx, 3, inspectScript, key, c.queueKey(key))
 	if err != nil {
-		return driver.LockInfo{}, classify(err)
+		return driver.LockInfo{}, err
 	}
-	defer conn.Close()
-	v, err := conn.Eval(inspectScript, key, c.queueKey(key))
-	if err != nil {
-		return driver.LockInfo{}, classify(err)
-	}
-	r, _ := v.([]any)
-	if len(r) != 3 {
-		return driver.LockInfo{}, distlock.Unavailable(fmt.Errorf("redis: unexpected script reply %T", v))
-	}
-	var val string
-	switch x := r[0].(type) {
-	case string:
-		val = x
-	case []byte: // redigo
-		val = string(x)
-	}
+	val, _ := r[0].(string)
 	ttl, _ := r[1].(int64)
 	n, _ := r[2].(int64)
 	info := driver.LockInfo{Waiters: int(n)}
