@@ -18,8 +18,9 @@ const (
 	// and a waiter that has gone (crashed) delays the next one by at most
 	// this much (plus pollEvery when nobody else polls sooner).
 	reserveFor = 250 * time.Millisecond
-	// pollNoPubSub is the same bound on pools without pub/sub (redigo,
-	// rueidis, …): their waiters learn of a hand-over only by looking.
+	// pollNoPubSub bounds the wait between looks on pools without pub/sub
+	// (redigo, rueidis, …): their waiters learn of a hand-over only by
+	// looking.
 	pollNoPubSub = 10 * time.Millisecond
 	// queueLife is how long a queue outlives the last look of its
 	// waiters: the queue of waiters that all crashed goes away.

@@ -110,19 +110,27 @@ func TestQueueOneWakePerRelease(t *testing.T) {
 
 // TestQueueFirstComeFirstServed: waiters get the key in the order they
 // queued, woken by the release over pub/sub (their fallback poll is an
-// hour away).
+// hour away), fenced or not.
 func TestQueueFirstComeFirstServed(t *testing.T) {
+	bothFencings(t, testFirstComeFirstServed)
+}
+
+func testFirstComeFirstServed(t *testing.T, fenced bool) {
 	defer redsyncLocker.SetPollEvery(time.Hour)()
+	var opts []redsyncLocker.Option
+	if !fenced {
+		opts = append(opts, redsyncLocker.WithoutFencing())
+	}
 	ctx := ctxTimeout(t, 30*time.Second)
 	key := uniqueKey(t)
-	holder := redsyncLocker.NewBackend(newClient(t, sharedAddr))
+	holder := redsyncLocker.NewBackend(newClient(t, sharedAddr), opts...)
 	defer holder.Close()
 	if _, err := holder.Acquire(ctx, key, "h", time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	got := make(chan string, 4)
 	for i := range 4 {
-		b := redsyncLocker.NewBackend(newClient(t, sharedAddr))
+		b := redsyncLocker.NewBackend(newClient(t, sharedAddr), opts...)
 		t.Cleanup(func() { _ = b.Close() })
 		tok := "w" + strconv.Itoa(i)
 		go func() {
