@@ -438,16 +438,7 @@ func (b *Backend) Transfer(ctx context.Context, key, from, to string, ttl time.D
 	if err := b.checkKey(key); err != nil {
 		return driver.Grant{}, err
 	}
-	var (
-		f   int64
-		err error
-	)
-	if b.fenced {
-		f, err = b.eval(ctx, transferScript, key, b.fenceKeyFor(key), from, to, ttl.Milliseconds())
-	} else {
-		f, err = b.eval(ctx, plainTransferScript, key, from, to, ttl.Milliseconds())
-		f-- // 1 moved → fence 0, 0 → -1
-	}
+	f, err := b.eval(ctx, transferScript, append(b.queueArgs(key, from), to, ttl.Milliseconds())...)
 	if err != nil {
 		return driver.Grant{}, err
 	}

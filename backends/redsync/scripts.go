@@ -204,21 +204,22 @@ end
 return -1
 `)
 
-// transferScript: KEYS[1] lock, KEYS[2] fence counter; ARGV[1] from,
-// ARGV[2] to, ARGV[3] ttl in ms. If from holds the key, the value becomes
-// to's with a new fence (INCR, so greater than from's) and the TTL is
-// reset: one SET over the old value, so the key never disappears and
-// nobody else can take it in between; the queue is not touched (the key
-// is not free). Replies the new fence, or -1 (and changes nothing) when
+// transferScript: queueLua's KEYS and ARGV (token: from), then ARGV[5] to,
+// ARGV[6] ttl in ms. If from holds the key, it becomes to's with a fresh
+// TTL in one SET over the old value, so the key never disappears and
+// nobody else can take it in between; fenced, with a new fence (INCR, so
+// greater than from's). The queue is not touched (the key is not free).
+// Replies the new fence (0 unfenced), or -1 (and changes nothing) when
 // from does not hold the key.
-var transferScript = script(2, `
-local v = redis.call('GET', KEYS[1])
-local i = v and string.find(v, ':', 1, true)
-if not i or string.sub(v, i + 1) ~= ARGV[1] then
+var transferScript = queueScript(`
+local f, _, tok = parse(redis.call('GET', KEYS[1]))
+if tok ~= ARGV[1] then
   return -1
 end
-local f = redis.call('INCR', KEYS[2])
-redis.call('SET', KEYS[1], f .. ':' .. ARGV[2], 'PX', ARGV[3])
+if fenced then
+  f = redis.call('INCR', KEYS[2])
+end
+redis.call('SET', KEYS[1], value(f, '', ARGV[5]), 'PX', ARGV[6])
 return f
 `)
 
@@ -241,13 +242,3 @@ return 0
 // script when redsync.WithSetNXOnExtend would re-create an expired lock.
 var touchScript = reacquireScript
 
-// plainTransferScript: KEYS[1] lock; ARGV[1] from, ARGV[2] to, ARGV[3] ttl
-// in ms. If from holds the key it becomes to's with a fresh TTL in one SET
-// (1), else nothing changes (0).
-var plainTransferScript = script(1, `
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  return 1
-end
-return 0
-`)
