@@ -241,4 +241,3 @@ return 0
 // TTL only if token holds the key; it stands in for go-redsync's extend
 // script when redsync.WithSetNXOnExtend would re-create an expired lock.
 var touchScript = reacquireScript
-
