@@ -6,30 +6,31 @@
 // single Redis deployment (Backend); several are independent Redlock masters
 // (Redlock).
 //
-// What runs on go-redsync: every Redlock operation and every unfenced one is
-// a go-redsync Mutex call (TryLockContext or LockContext, ExtendContext,
-// UnlockContext) with go-redsync's quorum, drift, per-node timeout,
-// fail-fast and shuffling, configured by the caller's go-redsync options
-// (WithRedsyncOptions). distlock adds its contract on top through the pool
-// it hands the Mutex: where go-redsync's SET NX finds the key taken, a
-// short script checks whether the caller's own token holds it and then
-// resets its TTL in place, so a holder's re-acquire never drops the lock
-// and go-redsync's failure cleanup (which deletes only the caller's token)
-// never deletes a lock its holder still has.
+// What runs on go-redsync: every Redlock operation, and every unfenced
+// acquire and extend, is a go-redsync Mutex call (TryLockContext or
+// LockContext, ExtendContext, UnlockContext) with go-redsync's quorum,
+// drift, per-node timeout, fail-fast and shuffling, configured by the
+// caller's go-redsync options (WithRedsyncOptions). distlock adds its
+// contract on top through the pool it hands the Mutex: where go-redsync's
+// SET NX finds the key taken, a short script checks whether the caller's
+// own token holds it and then resets its TTL in place, so a holder's
+// re-acquire never drops the lock and go-redsync's failure cleanup (which
+// deletes only the caller's token) never deletes a lock its holder still
+// has.
 //
 // What is distlock's own: the fenced single-node grant (a counter and the
-// grant in one script, which go-redsync cannot do), its extend, release and
-// in-process transfer, sent as scripts through the same pool; and, where a
-// go-redis client is at hand, the pub/sub subscription on which waiters
-// wake when a fenced lock is released. Other pools, unfenced locks and
-// Redlock waiters poll per the Manager's retry strategy.
+// grant in one script, which go-redsync cannot do) and its extend; on a
+// single node, fenced or not, the release, the in-process transfer and the
+// queue of waiters (AcquireWait), sent as scripts through the same pool;
+// and, where a go-redis client is at hand, the pub/sub subscription on
+// which a queued waiter is told that a release handed it the key. Waiters
+// on other pools poll the queue; Redlock waiters poll.
 package redsync
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -52,8 +53,9 @@ const (
 	// named DefaultFenceKey + ":{tag}" with a tag in the lock key's slot.
 	// Lock keys beginning with the fence key are refused.
 	DefaultFenceKey = "distlock:fence"
-	// DefaultChannelPrefix prefixes the pub/sub channel of each key on
-	// which releases are announced.
+	// DefaultChannelPrefix prefixes the pub/sub channel of each backend
+	// (one per process and client) on which its queued waiters are told
+	// that a release handed them a key.
 	DefaultChannelPrefix = "distlock:release:"
 )
 
@@ -68,7 +70,8 @@ type core struct {
 	fenceKey      string
 	channelPrefix string
 	ropts         []rs.Option // the caller's go-redsync options
-	notify        *notifier   // single node on go-redis: wake on release
+	pid           string      // names this backend's queue entries and channel
+	wake          *waker      // single node on go-redis: wake-ups of queued waiters
 	owned         []redis.UniversalClient
 
 	closeOnce sync.Once
@@ -84,6 +87,7 @@ func newCore(pools []rsredis.Pool, cfg *config) *core {
 		fenceKey:      cfg.fenceKey,
 		channelPrefix: cfg.channelPrefix,
 		ropts:         cfg.redsync,
+		pid:           newProcessID(),
 	}
 	wrapped := make([]rsredis.Pool, len(pools))
 	for i, p := range pools {
@@ -100,12 +104,12 @@ func newCore(pools []rsredis.Pool, cfg *config) *core {
 type Backend struct{ *core }
 
 var (
-	_ driver.Backend         = (*Backend)(nil)
-	_ driver.ReleaseNotifier = (*Backend)(nil)
-	_ driver.Transferer      = (*Backend)(nil)
-	_ driver.Inspector       = (*Backend)(nil)
-	_ driver.Backend         = (*Redlock)(nil)
-	_ driver.Inspector       = (*Redlock)(nil)
+	_ driver.Backend    = (*Backend)(nil)
+	_ driver.Queuer     = (*Backend)(nil)
+	_ driver.Transferer = (*Backend)(nil)
+	_ driver.Inspector  = (*Backend)(nil)
+	_ driver.Backend    = (*Redlock)(nil)
+	_ driver.Inspector  = (*Redlock)(nil)
 )
 
 // Redlock is the distlock backend over N independent Redis masters, run by
@@ -122,7 +126,7 @@ type Redlock struct{ *core }
 
 // NewBackend returns a single-node backend over a go-redis client (a
 // server, redis.NewFailoverClient or redis.NewClusterClient), through
-// go-redsync's go-redis pool. Waiters wake on release over the client's
+// go-redsync's go-redis pool. Queued waiters are woken over the client's
 // pub/sub. The client stays the caller's: Close does not close it unless
 // WithCloseClient is given.
 //
@@ -134,7 +138,7 @@ func NewBackend(client redis.UniversalClient, opts ...Option) *Backend {
 		cfg.cluster = true
 	}
 	c := newCore([]rsredis.Pool{goredispool.NewPool(client)}, cfg)
-	c.notify = &notifier{client: client}
+	c.wake = &waker{client: client, channel: c.channelPrefix + c.pid}
 	if cfg.closeClient {
 		c.owned = []redis.UniversalClient{client}
 	}
@@ -143,7 +147,8 @@ func NewBackend(client redis.UniversalClient, opts ...Option) *Backend {
 
 // NewPoolBackend returns a single-node backend over any go-redsync pool
 // (redigo, rueidis, valkey-go, go-redis, or your own). Without a go-redis
-// client there is no pub/sub: waiters poll. Use WithCluster if the pool
+// client there is no pub/sub: queued waiters poll the queue (see
+// AcquireWait). Use WithCluster if the pool
 // reaches a Redis Cluster.
 func NewPoolBackend(pool rsredis.Pool, opts ...Option) (*Backend, error) {
 	if isNil(pool) {
@@ -312,14 +317,15 @@ func (c *core) Extend(ctx context.Context, key, token string, ttl time.Duration)
 	return driver.Grant{TTL: ttl, Valid: m.Until().Sub(start)}, nil
 }
 
-// Release deletes key if token holds it (a fenced release also wakes a
-// waiter); otherwise it returns ErrNotHeld.
+// Release deletes key if token holds it, else returns ErrNotHeld. A fenced
+// release hands the key to the first waiter of its queue instead, if any,
+// and wakes that waiter only.
 func (c *core) Release(ctx context.Context, key, token string) error {
 	if err := c.checkKey(key); err != nil {
 		return err
 	}
-	if c.fenced {
-		n, err := c.eval(ctx, releaseScript, key, token, c.channel(key))
+	if len(c.pools) == 1 {
+		n, err := c.eval(ctx, releaseScript, c.queueArgs(key, token)...)
 		if err != nil {
 			return err
 		}
@@ -343,10 +349,15 @@ func (c *core) Release(ctx context.Context, key, token string) error {
 // Inspect implements driver.Inspector with GET and PTTL on every master
 // (read-only: nothing is written, no TTL reset). On Redlock the key is held
 // when a quorum of masters hold the same token; the TTL is the shortest
-// among them.
+// among them. A fenced backend reads the key and its queue in one script
+// and reports the number of waiters; a key reserved for a woken waiter is
+// held by that waiter.
 func (c *core) Inspect(ctx context.Context, key string) (driver.LockInfo, error) {
 	if err := c.checkKey(key); err != nil {
 		return driver.LockInfo{}, err
+	}
+	if len(c.pools) == 1 {
+		return c.inspectQueued(ctx, key)
 	}
 	held := make(map[string]int, len(c.pools)) // value → masters holding it
 	ttls := make(map[string]time.Duration, len(c.pools))
@@ -365,12 +376,7 @@ func (c *core) Inspect(ctx context.Context, key string) (driver.LockInfo, error)
 		if n < c.quorum {
 			continue
 		}
-		info := driver.LockInfo{Held: true, Holder: v, TTL: ttls[v]}
-		if fence, tok, ok := strings.Cut(v, ":"); ok && c.fenced {
-			info.Holder = tok
-			info.Fence, _ = strconv.ParseUint(strings.TrimSuffix(fence, "w"), 10, 64)
-		}
-		return info, nil
+		return driver.LockInfo{Held: true, Holder: v, TTL: ttls[v]}, nil
 	}
 	if len(failed) > len(c.pools)-c.quorum {
 		return driver.LockInfo{}, classify(errors.Join(failed...))
@@ -414,8 +420,8 @@ func (c *core) Capabilities() driver.Capabilities {
 // backend opened (from a URL) or was told to close (WithCloseClient).
 func (c *core) Close() error {
 	c.closeOnce.Do(func() {
-		if c.notify != nil {
-			c.notify.close()
+		if c.wake != nil {
+			c.wake.close()
 		}
 		for _, cl := range c.owned {
 			c.closeErr = errors.Join(c.closeErr, cl.Close())
@@ -432,16 +438,7 @@ func (b *Backend) Transfer(ctx context.Context, key, from, to string, ttl time.D
 	if err := b.checkKey(key); err != nil {
 		return driver.Grant{}, err
 	}
-	var (
-		f   int64
-		err error
-	)
-	if b.fenced {
-		f, err = b.eval(ctx, transferScript, key, b.fenceKeyFor(key), from, to, ttl.Milliseconds())
-	} else {
-		f, err = b.eval(ctx, plainTransferScript, key, from, to, ttl.Milliseconds())
-		f-- // 1 moved → fence 0, 0 → -1
-	}
+	f, err := b.eval(ctx, transferScript, append(b.queueArgs(key, from), to, ttl.Milliseconds())...)
 	if err != nil {
 		return driver.Grant{}, err
 	}
@@ -449,49 +446,6 @@ func (b *Backend) Transfer(ctx context.Context, key, from, to string, ttl time.D
 		return driver.Grant{}, distlock.ErrNotHeld
 	}
 	return driver.Grant{TTL: ttl, Fence: uint64(f)}, nil
-}
-
-// errNoNotify: this backend cannot announce releases; the Manager polls.
-var errNoNotify = errors.New("redis: release notification needs a fenced backend on a go-redis client")
-
-// SubscribeRelease implements driver.ReleaseNotifier over the go-redis
-// client's shared pub/sub connection (fenced backends built on go-redis
-// only: go-redsync's pool has no pub/sub, and go-redsync's unlock does not
-// announce). It returns once the server has confirmed the subscription, so
-// a release right after it is not missed.
-func (b *Backend) SubscribeRelease(ctx context.Context, key string) (<-chan struct{}, func(), error) {
-	if b.notify == nil || !b.fenced {
-		return nil, nil, errNoNotify
-	}
-	ch := make(chan struct{}, 1)
-	ready, stop, err := b.notify.add(ctx, b.channel(key), ch)
-	if err != nil {
-		return nil, nil, classify(err)
-	}
-	if err := waitReady(ctx, ready); err != nil {
-		stop()
-		return nil, nil, err
-	}
-	return ch, stop, nil
-}
-
-// waitReady waits for ready to close, for ctx, or subscribeWait.
-func waitReady(ctx context.Context, ready <-chan struct{}) error {
-	select {
-	case <-ready:
-		return nil
-	default:
-	}
-	t := time.NewTimer(subscribeWait)
-	defer t.Stop()
-	select {
-	case <-ready:
-		return nil
-	case <-ctx.Done():
-		return distlock.Unavailable(ctx.Err())
-	case <-t.C:
-		return distlock.Unavailable(errors.New("redis: subscription not confirmed in time"))
-	}
 }
 
 // checkKey refuses the keys the backend keeps for itself.
@@ -512,25 +466,53 @@ func (c *core) fenceKeyFor(key string) string {
 	return c.fenceKey + ":{" + slotTag(keySlot(key)) + "}"
 }
 
-func (c *core) channel(key string) string { return c.channelPrefix + key }
+// queueKey returns the name of key's queue of waiters: beside the fence
+// counter (so in key's slot, and unreachable from lock keys, which may not
+// begin with the fence key).
+func (c *core) queueKey(key string) string { return c.fenceKeyFor(key) + ":q:" + key }
 
 // eval runs one of distlock's scripts on the single node's pool and
 // returns its integer reply.
 func (c *core) eval(ctx context.Context, s *rsredis.Script, keysAndArgs ...any) (int64, error) {
+	r, err := c.evalList(ctx, 1, s, keysAndArgs...)
+	if err != nil {
+		return 0, err
+	}
+	n, ok := r[0].(int64)
+	if !ok {
+		return 0, errReply
+	}
+	return n, nil
+}
+
+var errReply = distlock.Unavailable(errors.New("redis: unexpected script reply"))
+
+// evalList runs one of distlock's scripts on the single node's pool and
+// returns its reply as a list of n elements (an integer reply is a list
+// of one); integers are int64, strings string (whatever the pool).
+func (c *core) evalList(ctx context.Context, n int, s *rsredis.Script, keysAndArgs ...any) ([]any, error) {
 	conn, err := c.pools[0].Get(ctx)
 	if err != nil {
-		return 0, classify(err)
+		return nil, classify(err)
 	}
 	defer conn.Close()
 	v, err := conn.Eval(s, keysAndArgs...)
 	if err != nil {
-		return 0, classify(err)
+		return nil, classify(err)
 	}
-	n, ok := v.(int64)
+	r, ok := v.([]any)
 	if !ok {
-		return 0, distlock.Unavailable(fmt.Errorf("redis: unexpected script reply %T", v))
+		r = []any{v}
 	}
-	return n, nil
+	if len(r) != n {
+		return nil, errReply
+	}
+	for i, e := range r {
+		if b, ok := e.([]byte); ok { // redigo
+			r[i] = string(b)
+		}
+	}
+	return r, nil
 }
 
 // minNodeTimeout is the least a Mutex round waits for each master unless
@@ -676,9 +658,10 @@ func (c *grantConn) Eval(s *rsredis.Script, keysAndArgs ...any) (any, error) {
 		if !c.r.created[c.p.i].CompareAndSwap(true, false) {
 			return int64(0), nil
 		}
-		if c.p.c.fenced && len(keysAndArgs) == 2 {
+		if len(c.p.c.pools) == 1 && len(keysAndArgs) == 2 {
 			name, _ := keysAndArgs[0].(string)
-			return c.Conn.Eval(releaseScript, name, keysAndArgs[1], c.p.c.channel(name))
+			token, _ := keysAndArgs[1].(string)
+			return c.Conn.Eval(releaseScript, c.p.c.queueArgs(name, token)...)
 		}
 	case strings.Contains(s.Src, "PEXPIRE") && strings.Contains(s.Src, "NX"):
 		s = touchScript

@@ -2,190 +2,126 @@ package redsync
 
 import (
 	"context"
-	"errors"
+	"crypto/rand"
+	"encoding/hex"
+	"strconv"
 	"sync"
-	"time"
 
 	"github.com/redis/go-redis/v9"
 )
 
-// subscribeWait bounds how long SubscribeRelease waits for the server to
-// confirm a subscription; past it the Manager simply polls.
-const subscribeWait = time.Second
+// waker receives the wake-ups of one backend's waiters: a release (or a
+// leaving waiter) that hands a key to the head of its queue publishes the
+// head's name on the channel of the head's process, channel prefix + id.
+// Each backend on a go-redis client has one such channel, subscribed on
+// one pub/sub connection opened the first time one of its waiters queues
+// and kept until Close; so a release wakes exactly one waiter, in one
+// process.
+type waker struct {
+	client  redis.UniversalClient
+	channel string
 
-// subscriptionLinger is how long a key's channel stays subscribed after
-// its last local waiter left (and the pub/sub connection stays open after
-// its last channel went). Waiters of a contended key come and go all the
-// time — with the Manager's line only its head subscribes, one after the
-// other — and without the linger each of them paid a SUBSCRIBE round trip,
-// and often a new connection (dial, HELLO), before it could wait: measured
-// at one reconnection per two or three hand-offs.
-const subscriptionLinger = time.Second
-
-// notifier multiplexes release notifications for one client over a single
-// shared pub/sub connection, opened on first use. Each waited-on key has a
-// channel of its own (channelPrefix+key), subscribed while at least one
-// waiter needs it, so a client only receives releases of keys it waits for.
-type notifier struct {
-	client redis.UniversalClient
-
-	mu     sync.Mutex
-	ps     *redis.PubSub       // open while some key is waited on
-	subs   map[string]*chanSub // by channel, for ps
-	closed bool
-	loops  sync.WaitGroup // receive loops, including those of closed connections
+	mu      sync.Mutex
+	ps      *redis.PubSub
+	ready   chan struct{} // closed once the server confirmed the subscription
+	waiters map[string]chan struct{}
+	closed  bool
+	loop    sync.WaitGroup
 }
 
-type chanSub struct {
-	ready     chan struct{} // closed once the server confirmed the subscription
-	confirmed bool
-	waiters   []chan struct{} // oldest first
-	idle      *time.Timer     // while nobody waits: unsubscribes when it fires
-	gen       int             // counts idle timers, so a stale one does nothing
+// newProcessID returns a random id naming this backend's queue entries and
+// channel: hex, so it holds no ':'.
+func newProcessID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
 
-// wake hands one release to the oldest waiter without one pending: one
-// release frees the lock for one new holder, so waking every waiter would
-// only make them all race for it (a thundering herd on the server). It
-// reports whether a waiter took it.
-func (s *chanSub) wake() bool {
-	for _, w := range s.waiters {
-		select {
-		case w <- struct{}{}:
-			return true
-		default:
+// wakeName is what the scripts publish for token waiting on key.
+func wakeName(key, token string) string {
+	return strconv.Itoa(len(token)) + ":" + token + key
+}
+
+// add registers ch to be sent a value when name is published, and returns
+// a function that unregisters it. A backend has one waiter per key and
+// token (the Manager's head); a second one replaces the first, which then
+// polls.
+func (w *waker) add(name string, ch chan struct{}) func() {
+	w.mu.Lock()
+	if w.waiters == nil {
+		w.waiters = make(map[string]chan struct{})
+	}
+	w.waiters[name] = ch
+	w.mu.Unlock()
+	return func() {
+		w.mu.Lock()
+		if w.waiters[name] == ch {
+			delete(w.waiters, name)
 		}
-	}
-	return false
-}
-
-var errNotifierClosed = errors.New("redsync: backend closed")
-
-// add registers ch to receive a value whenever channel is published to. It
-// returns a channel closed once the subscription is active on the server,
-// and a function that unregisters ch.
-func (n *notifier) add(ctx context.Context, channel string, ch chan struct{}) (<-chan struct{}, func(), error) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.closed {
-		return nil, nil, errNotifierClosed
-	}
-	if n.ps == nil {
-		n.ps = n.client.Subscribe(ctx)
-		n.subs = make(map[string]*chanSub)
-		n.loops.Add(1)
-		go n.receive(n.ps, n.subs)
-	}
-	s := n.subs[channel]
-	if s == nil {
-		if err := n.ps.Subscribe(ctx, channel); err != nil {
-			if len(n.subs) == 0 { // do not keep reconnecting to a server we cannot reach
-				n.drop()
-			}
-			return nil, nil, err
-		}
-		s = &chanSub{ready: make(chan struct{})}
-		n.subs[channel] = s
-	}
-	if len(s.waiters) == 0 { // new, or lingering after its last waiter
-		if s.idle != nil {
-			s.idle.Stop()
-			s.idle = nil
-		}
-	}
-	s.waiters = append(s.waiters, ch)
-	return s.ready, func() { n.remove(channel, s, ch) }, nil
-}
-
-func (n *notifier) remove(channel string, s *chanSub, ch chan struct{}) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	for i, w := range s.waiters {
-		if w == ch {
-			s.waiters = append(s.waiters[:i], s.waiters[i+1:]...)
-			break
-		}
-	}
-	select {
-	case <-ch: // a release this waiter did not use: pass it on
-		s.wake()
-	default:
-	}
-	if len(s.waiters) > 0 || n.subs[channel] != s {
-		return
-	}
-	if n.closed {
-		return
-	}
-	s.gen++
-	gen := s.gen
-	s.idle = time.AfterFunc(subscriptionLinger, func() { n.expire(channel, s, gen) })
-}
-
-// expire ends the subscription of channel if nobody waited on it since
-// the idle timer gen was set, and gives the connection back if it was the
-// last one.
-func (n *notifier) expire(channel string, s *chanSub, gen int) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.closed || n.subs[channel] != s || len(s.waiters) > 0 || s.gen != gen {
-		return
-	}
-	delete(n.subs, channel)
-	if len(n.subs) == 0 { // nobody waits: give the connection back
-		n.drop()
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	_ = n.ps.Unsubscribe(ctx, channel) // best effort: a stale subscription only costs messages
-	cancel()
-}
-
-// drop closes the current pub/sub connection; its receive loop ends on its
-// own. Called with n.mu held.
-func (n *notifier) drop() {
-	if n.ps != nil {
-		_ = n.ps.Close()
-		for _, s := range n.subs {
-			if s.idle != nil {
-				s.idle.Stop()
-			}
-		}
-		n.ps, n.subs = nil, nil
+		w.mu.Unlock()
 	}
 }
 
-// receive dispatches the messages of ps (whose subscriptions are subs)
-// until ps is closed.
-func (n *notifier) receive(ps *redis.PubSub, subs map[string]*chanSub) {
-	defer n.loops.Done()
-	for m := range ps.ChannelWithSubscriptions(redis.WithChannelSize(256)) {
+// subscribed returns a channel closed once the subscription is active (it
+// subscribes on the first call), or nil after Close.
+func (w *waker) subscribed(ctx context.Context) <-chan struct{} {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return nil
+	}
+	if w.ps == nil {
+		w.ready = make(chan struct{})
+		w.ps = w.client.Subscribe(context.WithoutCancel(ctx), w.channel)
+		w.loop.Add(1)
+		go w.receive(w.ps.ChannelWithSubscriptions(redis.WithChannelSize(256)))
+	}
+	return w.ready
+}
+
+// receive dispatches wake-ups until the subscription is closed. Every
+// (re)subscription after the first wakes every waiter, since messages sent
+// while the connection was down are lost: they re-check at once.
+func (w *waker) receive(msgs <-chan any) {
+	defer w.loop.Done()
+	confirmed := false
+	for m := range msgs {
+		w.mu.Lock()
 		switch m := m.(type) {
 		case *redis.Subscription:
 			if m.Kind != "subscribe" {
-				continue
+				break
 			}
-			n.mu.Lock()
-			if s := subs[m.Channel]; s != nil && !s.confirmed {
-				s.confirmed = true
-				close(s.ready)
+			if !confirmed {
+				confirmed = true
+				close(w.ready)
+				break
 			}
-			n.mu.Unlock()
+			for _, s := range w.waiters {
+				notify(s)
+			}
 		case *redis.Message:
-			n.mu.Lock()
-			if s := subs[m.Channel]; s != nil {
-				s.wake()
-			}
-			n.mu.Unlock()
+			notify(w.waiters[m.Payload])
 		}
+		w.mu.Unlock()
 	}
 }
 
-// close ends the subscription and waits for the receive loops.
-func (n *notifier) close() {
-	n.mu.Lock()
-	n.closed = true
-	n.drop()
-	n.mu.Unlock()
-	n.loops.Wait()
+func notify(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+// close ends the subscription and waits for its receive loop.
+func (w *waker) close() {
+	w.mu.Lock()
+	w.closed = true
+	ps := w.ps
+	w.mu.Unlock()
+	if ps != nil {
+		_ = ps.Close()
+	}
+	w.loop.Wait()
 }

@@ -74,10 +74,10 @@ func WithCloseClient() Option {
 }
 
 // WithoutFencing makes a single-node backend grant locks without fencing
-// numbers (Capabilities.Fencing false, Lock.Fence 0): every call is then a
-// go-redsync Mutex operation with one pool (SET NX PX to acquire, its own
-// scripts to extend and release) and the lock's value is the bare token,
-// as go-redsync stores it. Redlock never fences.
+// numbers (Capabilities.Fencing false, Lock.Fence 0): acquire and extend
+// are then go-redsync Mutex operations with one pool (SET NX PX, its extend
+// script), the release is distlock's queue-aware script, and the lock's
+// value is the bare token, as go-redsync stores it. Redlock never fences.
 func WithoutFencing() Option {
 	return func(c *config) { c.noFence = true }
 }
@@ -94,9 +94,10 @@ func WithFenceKey(key string) Option {
 	}
 }
 
-// WithChannelPrefix sets the prefix of the per-key release channels
-// (default DefaultChannelPrefix). Every client sharing locks must use the
-// same prefix, or waiters fall back to polling.
+// WithChannelPrefix sets the prefix of the backend's wake-up channel
+// (default DefaultChannelPrefix), on which releases in every process tell
+// this backend's queued waiters that they have the key. Every client
+// sharing locks must use the same prefix, or waiters fall back to polling.
 func WithChannelPrefix(prefix string) Option {
 	return func(c *config) {
 		if prefix != "" {

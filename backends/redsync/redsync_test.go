@@ -10,7 +10,6 @@ import (
 
 	"github.com/distlock/distlock"
 	redsyncLocker "github.com/distlock/distlock/backends/redsync"
-	"github.com/distlock/distlock/distlocktest"
 	"github.com/go-redsync/redsync/v4"
 	"github.com/redis/go-redis/v9"
 )
@@ -145,49 +144,6 @@ func TestFencingIncreases(t *testing.T) {
 	}
 }
 
-// TestWakeOnRelease: a waiter whose fallback poll is 10s gets the lock
-// within a fraction of that after the release, through pub/sub.
-func TestWakeOnRelease(t *testing.T) {
-	ctx := ctxTimeout(t, 20*time.Second)
-	holder := newManager(t, sharedAddr)
-	waiter := newManager(t, sharedAddr, redsyncLocker.WithManagerOptions(distlock.WithRetry(distlock.LinearBackoff(10*time.Second))))
-	key := uniqueKey(t)
-	tok, err := holder.Acquire(ctx, key, 10*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := make(chan time.Time, 1)
-	go func() {
-		if _, err := waiter.Acquire(ctx, key, 5*time.Second); err != nil {
-			t.Error(err)
-		}
-		got <- time.Now()
-	}()
-	raw := newClient(t, sharedAddr)
-	channel := redsyncLocker.DefaultChannelPrefix + key
-	deadline := time.Now().Add(5 * time.Second)
-	for raw.PubSubNumSub(ctx, channel).Val()[channel] < 1 {
-		if time.Now().After(deadline) {
-			t.Fatal("waiter never subscribed")
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-	released := time.Now()
-	if err := holder.Release(ctx, key, tok); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case at := <-got:
-		if d := at.Sub(released); d > 2*time.Second {
-			t.Fatalf("waiter woke %v after the release", d)
-		} else {
-			t.Logf("waiter got the lock %v after the release", d)
-		}
-	case <-ctx.Done():
-		t.Fatal("waiter never got the lock")
-	}
-}
-
 // TestSeedRetryHonoured: redsync.WithTries(3) and WithRetryDelay(100ms)
 // make a taken lock fail after 3 attempts. (The Manager counts its
 // immediate re-check after subscribing to releases as one of them, so
@@ -313,41 +269,6 @@ func TestRedlockGrantValidity(t *testing.T) {
 	if err := rl.Release(ctx, key, "tok"); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// TestSubscriptionLingers: waiters of a key come and go (with the
-// Manager's line, only its head subscribes); the channel stays subscribed
-// for a moment after the last one left, so the next one waits without a
-// SUBSCRIBE round trip or a new connection; then it is given back.
-func TestSubscriptionLingers(t *testing.T) {
-	ctx := ctxTimeout(t, 20*time.Second)
-	srv := distlocktest.StartRedis(t, distlocktest.RedisOptions{})
-	b := redsyncLocker.NewBackend(newClient(t, srv.Addr))
-	defer b.Close()
-	raw := newClient(t, srv.Addr)
-	key := uniqueKey(t)
-	channel := redsyncLocker.DefaultChannelPrefix + key
-	raw.ConfigResetStat(ctx)
-	for range 5 {
-		_, stop, err := b.SubscribeRelease(ctx, key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		stop()
-	}
-	stats := raw.Info(ctx, "commandstats").Val()
-	if !contains(stats, "cmdstat_subscribe:calls=1,") {
-		t.Fatalf("5 waiters in a row subscribed more than once:\n%s", stats)
-	}
-	if n := raw.PubSubNumSub(ctx, channel).Val()[channel]; n != 1 {
-		t.Fatalf("%d subscriptions right after the last waiter left, want 1 (lingering)", n)
-	}
-	eventually(t, 10*time.Second, "the subscription to be given back", func() error {
-		if n := raw.PubSubNumSub(ctx, channel).Val()[channel]; n != 0 {
-			return errors.New("still subscribed")
-		}
-		return nil
-	})
 }
 
 // TestRedlockGoRedsyncOptions: go-redsync's own options reach its Mutex:
