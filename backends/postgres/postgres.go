@@ -302,12 +302,13 @@ type Backend struct {
 	cfg      config
 	sessions []*session
 	lockSQL  string
+	waitSQL  string
 
 	mu       sync.Mutex
 	locks    map[string]*held
 	ids      map[int64]*held
-	dead     map[string]*held // locks lost with their session, until their TTL passes
-	waiters  driver.ReleaseBroadcaster
+	dead     map[string]*held      // locks lost with their session, until their TTL passes
+	extra    map[*session]struct{} // sessions of locks granted by AcquireWait
 	closed   bool
 	migrated bool
 
@@ -322,10 +323,10 @@ type Backend struct {
 }
 
 var (
-	_ driver.Backend         = (*Backend)(nil)
-	_ driver.ReleaseNotifier = (*Backend)(nil)
-	_ driver.LossWatcher     = (*Backend)(nil)
-	_ driver.Inspector       = (*Backend)(nil)
+	_ driver.Backend     = (*Backend)(nil)
+	_ driver.Queuer      = (*Backend)(nil)
+	_ driver.LossWatcher = (*Backend)(nil)
+	_ driver.Inspector   = (*Backend)(nil)
 )
 
 // held is a lock this Backend holds (or is acquiring: pending).
@@ -362,8 +363,10 @@ func New(pool *pgxpool.Pool, opts ...Option) *Backend {
 		locks: map[string]*held{},
 		ids:   map[int64]*held{},
 		dead:  map[string]*held{},
+		extra: map[*session]struct{}{},
 		lockSQL: "SELECT CASE WHEN pg_try_advisory_lock($1) THEN nextval('" +
 			strings.ReplaceAll(quoteIdent(cfg.sequence), "'", "''") + "') ELSE 0 END, pg_backend_pid()",
+		waitSQL: waitSQL(cfg.sequence),
 	}
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	b.lockID = func(key string) int64 { return LockID(cfg.namespace, key) }
@@ -430,7 +433,6 @@ func (b *Backend) dropLocked(h *held, lost bool) {
 		}
 	}
 	h.watch = nil
-	b.waiters.Notify(h.key)
 }
 
 func (b *Backend) onExpiry(h *held) {
@@ -628,7 +630,7 @@ func (b *Backend) deadCheck(ctx context.Context, key, token string, local bool) 
 		return b.notOwner(ctx, key)
 	}
 	o := &op{kind: opPing, done: make(chan struct{})}
-	d.s.enqueueLocked(o)
+	b.sessionFor(d.id).enqueueLocked(o) // d.s may be a retired AcquireWait session
 	b.mu.Unlock()
 	if err := b.wait(ctx, o); err != nil {
 		return err
@@ -670,8 +672,12 @@ func (b *Backend) Close() error {
 		for k := range b.dead {
 			b.forgetDeadLocked(k)
 		}
+		all := append([]*session(nil), b.sessions...)
+		for s := range b.extra {
+			all = append(all, s)
+		}
 		b.mu.Unlock()
-		for _, s := range b.sessions {
+		for _, s := range all {
 			close(s.closing)
 		}
 		b.cancel() // ends a connect waiting on an exhausted pool
@@ -681,14 +687,6 @@ func (b *Backend) Close() error {
 		}
 	})
 	return nil
-}
-
-// SubscribeRelease implements driver.ReleaseNotifier for waiters in this
-// Backend: they wake when it releases key or loses it, and their attempt is
-// queued right behind the unlock. Waiters in other processes poll.
-func (b *Backend) SubscribeRelease(ctx context.Context, key string) (<-chan struct{}, func(), error) {
-	ch, stop := b.waiters.Subscribe(key)
-	return ch, stop, nil
 }
 
 // lossCB is one WatchLoss registration.

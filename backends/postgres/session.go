@@ -35,6 +35,7 @@ type op struct {
 	abandoned bool // the caller stopped waiting
 	ok        bool
 	fence     uint64
+	waiters   int // opProbe
 	err       error
 }
 
@@ -55,9 +56,17 @@ type session struct {
 	wake    chan struct{} // the session goroutine has work
 	idle    chan struct{} // the connection went idle unwatched
 	closing chan struct{}
+	exited  chan struct{}      // closed when run returns
 	freeze  chan chan struct{} // tests: pause the session
 
 	held map[*held]struct{} // guarded by b.mu
+
+	// dedicated: the session of one lock granted by AcquireWait, on the
+	// connection that waited for it. It never reconnects; once the lock is
+	// gone it returns the connection to the pool and retires (guarded by
+	// b.mu), after which nothing is queued on it.
+	dedicated bool
+	retired   bool
 
 	// execMu is held by whoever uses the connection; it guards the rest.
 	execMu   sync.Mutex
@@ -81,6 +90,7 @@ func newSession(b *Backend, idx int) *session {
 		wake:    make(chan struct{}, 1),
 		idle:    make(chan struct{}, 1),
 		closing: make(chan struct{}),
+		exited:  make(chan struct{}),
 		freeze:  make(chan chan struct{}),
 		held:    map[*held]struct{}{},
 	}
@@ -91,7 +101,7 @@ func newSession(b *Backend, idx int) *session {
 // submit; requests nobody waits for go to the session goroutine.
 func (s *session) enqueueLocked(o *op) {
 	o.s = s
-	if s.b.closed {
+	if s.b.closed || s.retired {
 		s.b.finishLocked(s, o, 0, errClosed)
 		return
 	}
@@ -155,10 +165,14 @@ func (s *session) drain() {
 		s.idleSent = true
 		s.signal(s.idle)
 	}
+	if s.dedicated {
+		s.signal(s.wake) // the session goroutine checks whether to retire
+	}
 }
 
 func (s *session) run() {
 	defer s.b.wg.Done()
+	defer close(s.exited)
 	tick := time.NewTicker(s.b.cfg.heartbeat)
 	defer tick.Stop()
 	// The idle socket is watched only after a quiet spell: starting and
@@ -168,6 +182,9 @@ func (s *session) run() {
 	quiet.Stop()
 	defer quiet.Stop()
 	for {
+		if s.dedicated && s.retire() {
+			return
+		}
 		s.execMu.Lock()
 		var watchDone chan struct{}
 		w := s.watch
@@ -300,6 +317,9 @@ func (s *session) heartbeat() {
 	s.b.mu.Lock()
 	idle := len(s.held) == 0
 	s.b.mu.Unlock()
+	if idle && s.dedicated {
+		return // retiring
+	}
 	if idle && time.Since(s.lastUse) >= s.b.cfg.heartbeat {
 		s.giveBack()
 		return
@@ -377,6 +397,10 @@ func (s *session) statement(o *op) (string, []any) {
 	case opLock:
 		return s.b.lockSQL, []any{o.id}
 	case opUnlock:
+		if s.dedicated { // its only lock: undo what AcquireWait set up, too
+			return "SELECT CASE WHEN set_config('idle_session_timeout', NULL, false) IS NULL THEN 0" +
+				" ELSE pg_advisory_unlock($1)::int END::int8, pg_backend_pid()", []any{o.id}
+		}
 		return "SELECT pg_advisory_unlock($1)::int::int8, pg_backend_pid()", []any{o.id}
 	case opProbe:
 		return probeSQL, probeArgs(o.id)
@@ -424,7 +448,8 @@ func (b *Backend) finishLocked(s *session, o *op, v int64, err error) {
 	case opPing:
 		o.ok = err == nil
 	case opProbe:
-		o.ok = err == nil && v > 0
+		o.ok = err == nil && v>>32 > 0
+		o.waiters = int(uint32(v))
 	}
 	if o.done != nil {
 		close(o.done)
@@ -434,6 +459,9 @@ func (b *Backend) finishLocked(s *session, o *op, v int64, err error) {
 // connect takes a connection from the pool and sets it up as a holder
 // session.
 func (s *session) connect() error {
+	if s.dedicated {
+		return errSessionLost
+	}
 	ctx, cancel := context.WithTimeout(s.b.ctx, s.b.cfg.opTimeout)
 	defer cancel()
 	c, err := s.b.pool.Acquire(ctx)
@@ -479,6 +507,31 @@ func (s *session) giveBack() {
 	}
 	s.conn.Release()
 	s.conn = nil
+}
+
+// errSessionLost is the cause of a request to the retired session of a
+// lock granted by AcquireWait.
+var errSessionLost = errors.New("postgres: the session that held the lock was lost")
+
+// retire returns the connection of a dedicated session to the pool once
+// its lock is gone and nothing is queued, and reports whether it did.
+func (s *session) retire() bool {
+	s.execMu.Lock()
+	defer s.execMu.Unlock()
+	s.b.mu.Lock()
+	if len(s.held) > 0 || s.queued() {
+		s.b.mu.Unlock()
+		return false
+	}
+	s.retired = true
+	delete(s.b.extra, s)
+	s.b.mu.Unlock()
+	s.stopWatch()
+	if s.conn != nil {
+		s.conn.Release() // its unlock reset idle_session_timeout
+		s.conn = nil
+	}
+	return true
 }
 
 func (s *session) shutdown() {
