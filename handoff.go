@@ -60,6 +60,9 @@ type waiter struct {
 	// granted is set when a transfer to w landed (w has left the line).
 	granted *handoff
 	got     chan struct{} // receives when granted is set
+	// cancelWait, while w waits in the backend's queue (queue.go), ends
+	// that wait: a transfer to w landed.
+	cancelWait func()
 }
 
 type handoff struct {
@@ -197,6 +200,9 @@ func (m *Manager) handOff(ctx context.Context, key, token string) (done, wake bo
 		w.granted = &handoff{g: g, t0: t0}
 		m.removeLocked(key, w)
 		signal(w.got)
+		if w.cancelWait != nil {
+			w.cancelWait()
+		}
 		m.obs.handoff(ctx)
 	} else {
 		if q := m.queues[key]; q != nil && q.streak > 0 {

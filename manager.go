@@ -23,14 +23,17 @@ type Manager struct {
 	notifier   driver.ReleaseNotifier
 	watcher    driver.LossWatcher
 	transferer driver.Transferer
+	queuer     driver.Queuer
 	cfg        managerConfig
 	obs        *observer // logs, metrics, traces: observe.go
 	unmet      error     // why the backend fails Require, if it does
 	where      string    // scheme://host when opened by URL, for errors
 
-	qmu     sync.Mutex
-	queues  map[string]*keyQueue // goroutines waiting for a key, see handoff.go
-	closing chan struct{}        // closed by Close
+	qmu      sync.Mutex
+	queues   map[string]*keyQueue // goroutines waiting for a key, see handoff.go
+	closing  chan struct{}        // closed by Close
+	closeCtx context.Context      // cancelled by Close: ends waits in a backend's queue
+	endAll   context.CancelFunc
 
 	closed    atomic.Bool
 	closeOnce sync.Once
@@ -52,9 +55,11 @@ func New(b driver.Backend, opts ...Option) *Manager {
 		queues:  make(map[string]*keyQueue),
 		closing: make(chan struct{}),
 	}
+	m.closeCtx, m.endAll = context.WithCancel(context.Background())
 	m.notifier, _ = b.(driver.ReleaseNotifier)
 	m.watcher, _ = b.(driver.LossWatcher)
 	m.transferer, _ = b.(driver.Transferer)
+	m.queuer, _ = b.(driver.Queuer)
 	for _, o := range opts {
 		if o != nil {
 			o(&m.cfg)
@@ -114,6 +119,11 @@ func (m *Manager) acquire(ctx context.Context, key string, ttl time.Duration, to
 	}
 	if err := ctx.Err(); err != nil {
 		return "", driver.Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: ErrNotAcquired, Err: err}
+	}
+	if m.queuer != nil {
+		if _, ok := retry.NextBackoff(1, 0); ok {
+			return m.acquireQueued(ctx, key, ttl, token, explicit, retry, oc)
+		}
 	}
 
 	var (
@@ -359,6 +369,7 @@ func (m *Manager) Close() error {
 	m.closeOnce.Do(func() {
 		m.closed.Store(true)
 		close(m.closing)
+		m.endAll()
 		m.mu.Lock() // a Lock that saw m open has added its handle
 		locks := m.sched.handles()
 		m.mu.Unlock()

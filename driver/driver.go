@@ -60,6 +60,11 @@ type Grant struct {
 	// grants of a key) where Capabilities.Fencing is true, else 0. A
 	// re-acquire by the holder keeps the grant's fence.
 	Fence uint64
+	// At, if set, is when the TTL and Valid start counting: a time no
+	// later than the server's grant, such as the start of the request that
+	// made it. AcquireWait sets it, since its call may have begun long
+	// before the grant; zero means the start of the call.
+	At time.Time
 }
 
 // Capabilities declares what a backend supports; the conformance suite

@@ -55,7 +55,7 @@ type Store struct {
 	mu       sync.Mutex
 	locks    map[string]*entry
 	fence    uint64
-	waiters  driver.ReleaseBroadcaster
+	queues   map[string][]*queued // waiters in AcquireWait, first come first served
 	watchers map[string]map[*watcher]struct{}
 	down     bool
 	calls    uint64
@@ -67,6 +67,14 @@ type entry struct {
 	fence  uint64
 }
 
+// queued is a waiter in AcquireWait.
+type queued struct {
+	token string
+	ttl   time.Duration
+	grant *driver.Grant // set when the key was handed to it
+	ready chan struct{} // closed when grant is set
+}
+
 type watcher struct {
 	token string
 	lost  func()
@@ -76,6 +84,7 @@ type watcher struct {
 func NewStore() *Store {
 	return &Store{
 		locks:    map[string]*entry{},
+		queues:   map[string][]*queued{},
 		watchers: map[string]map[*watcher]struct{}{},
 	}
 }
@@ -130,12 +139,38 @@ func (s *Store) live(key string, now time.Time) *entry {
 }
 
 // drop deletes key's entry, ends its loss watchers (telling them the lock
-// is lost unless its holder released it) and wakes waiters. Called with
-// s.mu held.
+// is lost unless its holder released it) and grants the key to the first
+// waiter in its queue, if any. Called with s.mu held.
 func (s *Store) drop(key string, e *entry, lost bool) {
 	delete(s.locks, key)
 	s.endWatches(key, e.token, lost)
-	s.waiters.Notify(key)
+	q := s.queues[key]
+	if len(q) == 0 {
+		return
+	}
+	w := q[0]
+	s.dequeue(key, w)
+	s.fence++
+	now := time.Now()
+	s.locks[key] = &entry{token: w.token, expiry: now.Add(w.ttl), fence: s.fence}
+	w.grant = &driver.Grant{TTL: w.ttl, Fence: s.fence, At: now}
+	close(w.ready)
+}
+
+// dequeue takes w out of key's queue. Called with s.mu held.
+func (s *Store) dequeue(key string, w *queued) {
+	q := s.queues[key]
+	for i, x := range q {
+		if x == w {
+			q = append(q[:i:i], q[i+1:]...)
+			break
+		}
+	}
+	if len(q) == 0 {
+		delete(s.queues, key)
+	} else {
+		s.queues[key] = q
+	}
 }
 
 // endWatches ends the loss watchers of token's grant of key, telling them
@@ -178,10 +213,10 @@ func (s *Store) enter() error {
 type backend struct{ s *Store }
 
 var (
-	_ driver.ReleaseNotifier = (*backend)(nil)
-	_ driver.LossWatcher     = (*backend)(nil)
-	_ driver.Transferer      = (*backend)(nil)
-	_ driver.Inspector       = (*backend)(nil)
+	_ driver.Queuer      = (*backend)(nil)
+	_ driver.LossWatcher = (*backend)(nil)
+	_ driver.Transferer  = (*backend)(nil)
+	_ driver.Inspector   = (*backend)(nil)
 )
 
 func (b *backend) Acquire(ctx context.Context, key, token string, ttl time.Duration) (driver.Grant, error) {
@@ -191,10 +226,16 @@ func (b *backend) Acquire(ctx context.Context, key, token string, ttl time.Durat
 	if err := s.enter(); err != nil {
 		return driver.Grant{}, err
 	}
+	return s.try(key, token, ttl)
+}
+
+// try grants key to token if it is free and nobody queues for it, or
+// re-grants it to its holder. Called with s.mu held.
+func (s *Store) try(key, token string, ttl time.Duration) (driver.Grant, error) {
 	now := time.Now()
 	e := s.live(key, now)
 	switch {
-	case e == nil:
+	case e == nil && len(s.queues[key]) == 0:
 		s.fence++
 		s.locks[key] = &entry{token: token, expiry: now.Add(ttl), fence: s.fence}
 		return driver.Grant{TTL: ttl, Fence: s.fence}, nil
@@ -203,6 +244,62 @@ func (b *backend) Acquire(ctx context.Context, key, token string, ttl time.Durat
 		return driver.Grant{TTL: ttl, Fence: e.fence}, nil
 	}
 	return driver.Grant{}, distlock.ErrNotAcquired
+}
+
+// AcquireWait implements driver.Queuer: waiters queue in the store, first
+// come first served, and a release or expiry grants the key to the first.
+func (b *backend) AcquireWait(ctx context.Context, key, token string, ttl time.Duration) (driver.Grant, error) {
+	s := b.s
+	s.mu.Lock()
+	if err := s.enter(); err != nil {
+		s.mu.Unlock()
+		return driver.Grant{}, err
+	}
+	g, err := s.try(key, token, ttl)
+	if err != distlock.ErrNotAcquired {
+		s.mu.Unlock()
+		return g, err
+	}
+	w := &queued{token: token, ttl: ttl, ready: make(chan struct{})}
+	s.queues[key] = append(s.queues[key], w)
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for {
+		// Nobody may call the store while this waits: look again when
+		// the holder's TTL runs out, so that an expired lock passes on.
+		var expired <-chan time.Time
+		if e := s.locks[key]; e != nil {
+			if timer == nil {
+				timer = time.NewTimer(time.Until(e.expiry))
+			} else {
+				timer.Reset(time.Until(e.expiry))
+			}
+			expired = timer.C
+		}
+		s.mu.Unlock()
+		select {
+		case <-w.ready:
+			return *w.grant, nil
+		case <-expired:
+			s.mu.Lock()
+			s.live(key, time.Now())
+		case <-ctx.Done():
+			s.mu.Lock()
+			if w.grant != nil { // granted as ctx ended: pass it on
+				if e := s.locks[key]; e != nil && e.token == token {
+					s.drop(key, e, false)
+				}
+			} else {
+				s.dequeue(key, w)
+			}
+			s.mu.Unlock()
+			return driver.Grant{}, ctx.Err()
+		}
+	}
 }
 
 func (b *backend) Extend(ctx context.Context, key, token string, ttl time.Duration) (driver.Grant, error) {
@@ -260,7 +357,7 @@ func (b *backend) Inspect(ctx context.Context, key string) (driver.LockInfo, err
 	if e == nil {
 		return driver.LockInfo{}, nil
 	}
-	return driver.LockInfo{Held: true, TTL: e.expiry.Sub(now), Fence: e.fence, Holder: e.token}, nil
+	return driver.LockInfo{Held: true, TTL: e.expiry.Sub(now), Fence: e.fence, Holder: e.token, Waiters: len(s.queues[key])}, nil
 }
 
 func (b *backend) Capabilities() driver.Capabilities {
@@ -273,11 +370,6 @@ func (b *backend) Capabilities() driver.Capabilities {
 }
 
 func (b *backend) Close() error { return nil }
-
-func (b *backend) SubscribeRelease(ctx context.Context, key string) (<-chan struct{}, func(), error) {
-	ch, stop := b.s.waiters.Subscribe(key)
-	return ch, stop, nil
-}
 
 func (b *backend) WatchLoss(key, token string, lost func()) func() {
 	s := b.s

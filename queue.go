@@ -1,0 +1,252 @@
+package distlock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/distlock/distlock/driver"
+)
+
+// Waiting across processes, on a backend whose server queues waiters
+// (driver.Queuer). The goroutines of one Manager that wait for a key form
+// its line (handoff.go); only the head waits on the server, in
+// AcquireWait, so a key has at most one waiter per Manager in the server's
+// queue and a release there wakes exactly one waiter of one process. When
+// a goroutine of this Manager releases the key while others of it wait,
+// the Manager may hand the key straight to the head (Transfer) and then
+// cancels the head's AcquireWait, whose own cleanup leaves the transferred
+// grant alone.
+//
+// The retry strategy bounds the wait: its total delay (what it would wait
+// over all its attempts) is the deadline of the wait in the server's
+// queue. A strategy that only gives up when ctx ends waits until then.
+
+// maxBudgetSteps bounds how many steps of a retry strategy waitBudget
+// follows; a strategy that still retries after them waits until ctx ends.
+const maxBudgetSteps = 10000
+
+// waitBudget returns how long s would wait in all, and false if it never
+// gives up (within maxBudgetSteps attempts).
+func waitBudget(s RetryStrategy) (time.Duration, bool) {
+	var waited time.Duration
+	for attempt := 1; attempt <= maxBudgetSteps; attempt++ {
+		d, ok := s.NextBackoff(attempt, waited)
+		if !ok {
+			return waited, true
+		}
+		waited += max(d, MinRetryDelay)
+		if waited >= MaxTTL {
+			break
+		}
+	}
+	return 0, false
+}
+
+// gaveUpQueued is the cause of ErrNotAcquired when the wait in the
+// server's queue reached the retry strategy's total.
+func gaveUpQueued(waited time.Duration) error {
+	return fmt.Errorf("held by another token; gave up after waiting %v in the server's queue, the retry strategy's limit (the default waits 5s): wait longer with distlock.WithRetry or WithLockRetry, e.g. LimitWait(ExponentialBackoff(2*time.Millisecond, 100*time.Millisecond), time.Minute), or bound the wait by ctx alone with ExponentialBackoff",
+		waited.Round(time.Millisecond))
+}
+
+// acquireQueued is acquire on a Queuer, for a call whose strategy lets it
+// wait. Arguments are already checked.
+func (m *Manager) acquireQueued(ctx context.Context, key string, ttl time.Duration, token string, explicit bool, retry RetryStrategy, oc *call) (string, driver.Grant, time.Time, error) {
+	const op = "acquire"
+	start := time.Now()
+	var deadline time.Time
+	if b, ok := waitBudget(retry); ok {
+		deadline = start.Add(b)
+	}
+	var (
+		w       *waiter
+		timer   *time.Timer
+		waited  bool // the call waited for the key held by another token
+		lastErr error
+	)
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	fail := func(kind, c error) (string, driver.Grant, time.Time, error) {
+		if w != nil && m.leave(key, w) != nil {
+			// A transfer handed w the key as it gave up: pass it on.
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), max(ttl, time.Second))
+			_ = m.release(rctx, key, token)
+			cancel()
+		}
+		if kind == ErrUnavailable {
+			c = m.annotate(c)
+		}
+		return "", driver.Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: kind, Err: c}
+	}
+	ended := func(cerr error) (string, driver.Grant, time.Time, error) {
+		if !waited && lastErr != nil {
+			return fail(ErrUnavailable, joinCtx(cause(lastErr, ErrUnavailable), cerr))
+		}
+		return fail(ErrNotAcquired, waitEnded(time.Since(start), cerr))
+	}
+	ok := func(g driver.Grant, t0 time.Time) (string, driver.Grant, time.Time, error) {
+		if g.TTL < ttl {
+			g.TTL = ttl
+		}
+		return token, g, t0, nil
+	}
+
+	if explicit && m.Waiting(key) > 0 {
+		// Others of this Manager wait already; an explicit token may be
+		// its holder's re-acquire, which must not queue behind them.
+		t0 := time.Now()
+		g, err := m.b.Acquire(ctx, key, token, ttl)
+		oc.attempt(ctx, err)
+		if err == nil {
+			return ok(g, t0)
+		}
+		if kind := classify(err); kind != ErrNotAcquired {
+			if cerr := ctx.Err(); cerr != nil {
+				return fail(ErrUnavailable, joinCtx(cause(err, kind), cerr))
+			}
+			return fail(kind, cause(err, kind))
+		}
+		waited = true
+	}
+	w = m.enqueue(key, token, ttl)
+	failures := 0 // server errors in a row
+	for {
+		if m.closed.Load() {
+			return fail(ErrClosed, nil)
+		}
+		if h := m.takeGrant(w); h != nil {
+			return ok(h.g, h.t0)
+		}
+		var retryIn time.Duration
+		if m.isHead(w) {
+			wctx, cancel := context.WithCancel(ctx)
+			if !deadline.IsZero() {
+				wctx, cancel = context.WithDeadline(ctx, deadline)
+			}
+			if !m.setWaitCancel(w, cancel) {
+				cancel() // a transfer to w landed meanwhile
+				continue
+			}
+			onClose := context.AfterFunc(m.closeCtx, cancel) // Close ends the wait
+			t0 := time.Now()
+			g, err := m.queuer.AcquireWait(wctx, key, token, ttl)
+			onClose()
+			m.setWaitCancel(w, nil)
+			cancel()
+			if err != nil && wctx.Err() != nil && !errors.Is(err, ErrUnavailable) {
+				oc.attempt(ctx, ErrNotAcquired) // the wait ended without the key
+			} else {
+				oc.attempt(ctx, err)
+			}
+			if m.closed.Load() && err != nil {
+				return fail(ErrClosed, nil)
+			}
+			if err == nil {
+				m.leave(key, w) // a transfer that landed meanwhile granted the same token
+				if !g.At.IsZero() {
+					t0 = g.At
+				}
+				return ok(g, t0)
+			}
+			if h := m.settle(w); h != nil {
+				// A goroutine of this Manager handed the key to w and
+				// cancelled the wait for it.
+				return ok(h.g, h.t0)
+			}
+			if cerr := ctx.Err(); cerr != nil {
+				if errors.Is(err, ErrUnavailable) && !waited {
+					return fail(ErrUnavailable, joinCtx(cause(err, ErrUnavailable), cerr))
+				}
+				r1, r2, r3, r4 := fail(ErrNotAcquired, waitEnded(time.Since(start), cerr))
+				if !explicit {
+					// The request may have landed as ctx ended: the
+					// backend cleans up; make sure.
+					m.dropAbandoned(ctx, key, token)
+				}
+				return r1, r2, r3, r4
+			}
+			unavailable := errors.Is(err, ErrUnavailable)
+			if !unavailable && wctx.Err() != nil {
+				if !deadline.IsZero() && !time.Now().Before(deadline) {
+					return fail(ErrNotAcquired, gaveUpQueued(time.Since(start)))
+				}
+				continue // cancelled for a transfer that did not land
+			}
+			kind := classify(err)
+			if kind != ErrUnavailable {
+				return fail(kind, cause(err, kind))
+			}
+			// The server could not be reached: try again per the
+			// strategy, as long as it lets the call wait.
+			lastErr = err
+			failures++
+			d, more := retry.NextBackoff(failures, time.Since(start))
+			if !more || (!deadline.IsZero() && !time.Now().Before(deadline)) {
+				return fail(kind, cause(err, kind))
+			}
+			retryIn = max(d, MinRetryDelay)
+		} else {
+			waited = true
+		}
+		var tc <-chan time.Time
+		if wait := retryIn; wait > 0 || !deadline.IsZero() {
+			if wait == 0 || (!deadline.IsZero() && time.Until(deadline) < wait) {
+				wait = max(time.Until(deadline), 0)
+			}
+			if timer == nil {
+				timer = time.NewTimer(wait)
+			} else {
+				timer.Reset(wait)
+			}
+			tc = timer.C
+		}
+		select {
+		case <-ctx.Done():
+			return ended(ctx.Err())
+		case <-m.closing:
+			return fail(ErrClosed, nil)
+		case <-w.got:
+		case <-w.wake:
+		case <-tc:
+			switch {
+			case deadline.IsZero() || time.Now().Before(deadline):
+			case retryIn > 0:
+				return fail(ErrUnavailable, cause(lastErr, ErrUnavailable))
+			default:
+				return fail(ErrNotAcquired, gaveUpQueued(time.Since(start)))
+			}
+		}
+	}
+}
+
+// setWaitCancel records (or with nil, forgets) the function that cancels
+// w's AcquireWait, so that a transfer to w can end it. It reports false if
+// a transfer to w has landed or is under way: w must not start waiting.
+func (m *Manager) setWaitCancel(w *waiter, cancel context.CancelFunc) bool {
+	m.qmu.Lock()
+	defer m.qmu.Unlock()
+	if cancel != nil && (w.granted != nil || w.inflight != nil) {
+		return false
+	}
+	w.cancelWait = cancel
+	return true
+}
+
+// settle waits for a transfer to w under way to end, and returns its grant
+// if it landed (w has then left the line).
+func (m *Manager) settle(w *waiter) *handoff {
+	m.qmu.Lock()
+	for w.inflight != nil {
+		ch := w.inflight
+		m.qmu.Unlock()
+		<-ch
+		m.qmu.Lock()
+	}
+	defer m.qmu.Unlock()
+	return w.granted
+}
