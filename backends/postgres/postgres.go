@@ -144,6 +144,11 @@ const (
 	DefaultSequence = "distlock_fence"
 	// DefaultOpTimeout bounds one round trip on a holder session.
 	DefaultOpTimeout = 30 * time.Second
+	// DefaultWaitConns is how many connections a Backend opened from a URL
+	// has in its pool beyond its holder sessions, unless the URL sets
+	// pool_max_conns: each waiter for a contended key (AcquireWait) uses
+	// one, and keeps it while it holds the key.
+	DefaultWaitConns = 16
 	// DefaultConnectTimeout bounds each connection attempt, and Open as a
 	// whole, when the URL has no connect_timeout (and PGCONNECT_TIMEOUT is
 	// not set).
@@ -775,7 +780,9 @@ func openURL(ctx context.Context, u *url.URL) (driver.Backend, error) {
 	for _, o := range opts {
 		o(&cfg)
 	}
-	pc.MaxConns = int32(cfg.sessions)
+	if !q.Has("pool_max_conns") {
+		pc.MaxConns = int32(cfg.sessions + DefaultWaitConns)
+	}
 	pc.MinConns = 0
 	timeout := pc.ConnConfig.ConnectTimeout
 	if !q.Has("connect_timeout") && os.Getenv("PGCONNECT_TIMEOUT") == "" {

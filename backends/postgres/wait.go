@@ -39,22 +39,17 @@ const (
 // for as long as the lock is held (TTL, heartbeat, loss detection as on
 // the other sessions), then goes back to the pool.
 func (b *Backend) AcquireWait(ctx context.Context, key, token string, ttl time.Duration) (driver.Grant, error) {
+	// A free key (or a re-acquire) is taken on a holder session, as by
+	// Acquire: only a contended key costs a connection of its own. (With
+	// waiters queued, the server refuses the try even if the key is free
+	// for an instant: nobody overtakes them.)
+	if g, err := b.Acquire(ctx, key, token, ttl); err != distlock.ErrNotAcquired {
+		return g, err
+	}
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
 		return driver.Grant{}, distlock.Unavailable(errClosed)
-	}
-	if h := b.liveLocked(key, time.Now()); h != nil && !h.pending && h.token == token {
-		b.mu.Unlock()
-		g, err := b.refresh(ctx, key, token, ttl, distlock.ErrNotAcquired)
-		if err != distlock.ErrNotAcquired {
-			return g, err
-		}
-		b.mu.Lock() // lost meanwhile: queue
-		if b.closed {
-			b.mu.Unlock()
-			return driver.Grant{}, distlock.Unavailable(errClosed)
-		}
 	}
 	b.wg.Add(1)
 	b.mu.Unlock()
