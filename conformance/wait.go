@@ -38,7 +38,7 @@ var waitCases = []Case{
 			}
 			got <- res{time.Now(), err}
 		}()
-		time.Sleep(100 * time.Millisecond) // let the waiter start waiting
+		eventually(t, 10*time.Second, "the waiter to wait", func() bool { return m2.Waiting(key) == 1 })
 		select {
 		case r := <-got:
 			t.Fatalf("waiter returned while the lock was held: %v", r.err)
