@@ -115,7 +115,9 @@ func (b *Backend) AcquireWait(ctx context.Context, key, token string, ttl time.D
 	b.wg.Add(1)
 	go s.run()
 	b.mu.Unlock()
-	return driver.Grant{TTL: ttl, Fence: fence}, nil
+	// The TTL counts from the moment the grant was seen, here as in the
+	// Backend's own expiry timer.
+	return driver.Grant{TTL: ttl, Fence: fence, At: s.lastUse}, nil
 }
 
 // queue runs the waiting statement on c without a context (pgx would
