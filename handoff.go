@@ -43,6 +43,12 @@ func WithHandoffLimit(n int) Option {
 type keyQueue struct {
 	ws     []*waiter // ws[0] is the head
 	streak int       // transfers in a row to this line
+	// holder is the token of a goroutine of this Manager that got the key
+	// through this line and holds it until at most holdUntil, if any: the
+	// head then waits for its release here rather than in the server's
+	// queue (queue.go), so that a transfer needs no queue entry undone.
+	holder    string
+	holdUntil time.Time
 }
 
 // waiter is one goroutine in a keyQueue. Its fields are guarded by
@@ -170,6 +176,9 @@ func (m *Manager) handOff(ctx context.Context, key, token string) (done, wake bo
 		m.qmu.Unlock()
 		return false, false, nil
 	}
+	if q.holder == token {
+		q.holder = ""
+	}
 	w := q.ws[0]
 	switch {
 	case m.transferer == nil || m.cfg.handoffLimit == 0 || w.token == token:
@@ -179,9 +188,12 @@ func (m *Manager) handOff(ctx context.Context, key, token string) (done, wake bo
 		m.qmu.Unlock()
 		return false, false, nil
 	case q.streak >= m.cfg.handoffLimit:
+		// A plain release: the key goes to whoever waits first on the
+		// server. A head that waits in the server's queue learns of it
+		// there; one that waited here behind this holder joins it now.
 		q.streak = 0
 		m.qmu.Unlock()
-		return false, false, nil
+		return false, m.queuer != nil, nil
 	}
 	q.streak++
 	ch := make(chan struct{})
@@ -199,6 +211,9 @@ func (m *Manager) handOff(ctx context.Context, key, token string) (done, wake bo
 		}
 		w.granted = &handoff{g: g, t0: t0}
 		m.removeLocked(key, w)
+		if q := m.queues[key]; q != nil {
+			q.holder, q.holdUntil = w.token, t0.Add(grantValid(g))
+		}
 		signal(w.got)
 		if w.cancelWait != nil {
 			w.cancelWait()
@@ -213,6 +228,27 @@ func (m *Manager) handOff(ctx context.Context, key, token string) (done, wake bo
 	m.qmu.Unlock()
 	close(ch)
 	return true, false, err
+}
+
+// gotThroughLine records that token, which waited in key's line, now holds
+// key until at most until, if others of this Manager still wait for it.
+func (m *Manager) gotThroughLine(key, token string, until time.Time) {
+	m.qmu.Lock()
+	defer m.qmu.Unlock()
+	if q := m.queues[key]; q != nil {
+		q.holder, q.holdUntil = token, until
+	}
+}
+
+// localHolder returns until when a goroutine of this Manager holds key
+// after getting it through key's line, or the zero time.
+func (m *Manager) localHolder(key string) time.Time {
+	m.qmu.Lock()
+	defer m.qmu.Unlock()
+	if q := m.queues[key]; q != nil && q.holder != "" && time.Now().Before(q.holdUntil) {
+		return q.holdUntil
+	}
+	return time.Time{}
 }
 
 // wakeHead tells key's head, if any, that this Manager released the key.

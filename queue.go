@@ -93,6 +93,9 @@ func (m *Manager) acquireQueued(ctx context.Context, key string, ttl time.Durati
 		if g.TTL < ttl {
 			g.TTL = ttl
 		}
+		if w != nil {
+			m.gotThroughLine(key, token, t0.Add(grantValid(g)))
+		}
 		return token, g, t0, nil
 	}
 
@@ -123,7 +126,16 @@ func (m *Manager) acquireQueued(ctx context.Context, key string, ttl time.Durati
 			return ok(h.g, h.t0)
 		}
 		var retryIn time.Duration
+		var localUntil time.Time
 		if m.isHead(w) {
+			localUntil = m.localHolder(key)
+		}
+		if !localUntil.IsZero() {
+			// Another goroutine of this Manager holds the key, having
+			// got it through this line: its release hands the key here
+			// (or wakes this head), with nothing to undo on the server.
+			waited = true
+		} else if m.isHead(w) {
 			wctx, cancel := context.WithCancel(ctx)
 			if !deadline.IsZero() {
 				wctx, cancel = context.WithDeadline(ctx, deadline)
@@ -194,6 +206,9 @@ func (m *Manager) acquireQueued(ctx context.Context, key string, ttl time.Durati
 			waited = true
 		}
 		var tc <-chan time.Time
+		if !localUntil.IsZero() {
+			retryIn = max(time.Until(localUntil), MinRetryDelay)
+		}
 		if wait := retryIn; wait > 0 || !deadline.IsZero() {
 			if wait == 0 || (!deadline.IsZero() && time.Until(deadline) < wait) {
 				wait = max(time.Until(deadline), 0)
@@ -215,7 +230,7 @@ func (m *Manager) acquireQueued(ctx context.Context, key string, ttl time.Durati
 		case <-tc:
 			switch {
 			case deadline.IsZero() || time.Now().Before(deadline):
-			case retryIn > 0:
+			case retryIn > 0 && lastErr != nil:
 				return fail(ErrUnavailable, cause(lastErr, ErrUnavailable))
 			default:
 				return fail(ErrNotAcquired, gaveUpQueued(time.Since(start)))
