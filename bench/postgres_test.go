@@ -227,9 +227,12 @@ func viaAcquire(m *distlock.Manager) LockFunc {
 	}
 }
 
+// newPGManager returns a Manager whose pool has one connection per holder
+// session and one more for a waiter in the server's queue (AcquireWait)
+// and the contended lock it gets.
 func newPGManager(b *testing.B, url string, sessions int, retry distlock.RetryStrategy) *distlock.Manager {
 	b.Helper()
-	pool := newPool(b, url, sessions)
+	pool := newPool(b, url, sessions+1)
 	m := distlock.New(postgres.New(pool, postgres.WithSessions(sessions), postgres.WithNamespace("bench")), distlock.WithRetry(retry))
 	b.Cleanup(func() { m.Close() })
 	return m

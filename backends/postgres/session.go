@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -19,6 +20,7 @@ const (
 	opUnlock               // pg_advisory_unlock
 	opPing                 // liveness check
 	opProbe                // is id held by another session? (read-only)
+	opCancel               // pg_cancel_backend(id): end a wait in the server's queue
 )
 
 // op is one request to a holder session. Its results are set, and done
@@ -69,12 +71,13 @@ type session struct {
 	retired   bool
 
 	// execMu is held by whoever uses the connection; it guards the rest.
-	execMu   sync.Mutex
-	conn     *pgxpool.Conn
-	pid      uint32
-	lastUse  time.Time
-	watch    *watch // the background read of the idle socket, if any
-	idleSent bool
+	execMu    sync.Mutex
+	connected atomic.Bool // conn != nil, readable without execMu
+	conn      *pgxpool.Conn
+	pid       uint32
+	lastUse   time.Time
+	watch     *watch // the background read of the idle socket, if any
+	idleSent  bool
 }
 
 // watch is one background read of an idle connection.
@@ -166,7 +169,12 @@ func (s *session) drain() {
 		s.signal(s.idle)
 	}
 	if s.dedicated {
-		s.signal(s.wake) // the session goroutine checks whether to retire
+		s.b.mu.Lock()
+		idle := len(s.held) == 0
+		s.b.mu.Unlock()
+		if idle {
+			s.signal(s.wake) // the session goroutine retires
+		}
 	}
 }
 
@@ -181,17 +189,15 @@ func (s *session) run() {
 	quiet := time.NewTimer(time.Hour)
 	quiet.Stop()
 	defer quiet.Stop()
+	var w *watch // the watch this goroutine started (only it starts them)
 	for {
 		if s.dedicated && s.retire() {
 			return
 		}
-		s.execMu.Lock()
 		var watchDone chan struct{}
-		w := s.watch
 		if w != nil {
 			watchDone = w.done
 		}
-		s.execMu.Unlock()
 
 		select {
 		case <-s.wake:
@@ -211,6 +217,7 @@ func (s *session) run() {
 				}
 				s.idleSent = false
 				s.startWatch()
+				w = s.watch
 			})
 		case <-tick.C:
 			s.locked(func() {
@@ -224,6 +231,7 @@ func (s *session) run() {
 			})
 		case <-watchDone:
 			s.locked(func() {
+				defer func() { w = nil }()
 				if s.watch != w {
 					return // stopped by whoever used the connection
 				}
@@ -404,6 +412,8 @@ func (s *session) statement(o *op) (string, []any) {
 		return "SELECT pg_advisory_unlock($1)::int::int8, pg_backend_pid()", []any{o.id}
 	case opProbe:
 		return probeSQL, probeArgs(o.id)
+	case opCancel:
+		return "SELECT pg_cancel_backend($1::int)::int::int8, pg_backend_pid()", []any{o.id}
 	}
 	return "SELECT 1::int8, pg_backend_pid()", nil
 }
@@ -450,6 +460,8 @@ func (b *Backend) finishLocked(s *session, o *op, v int64, err error) {
 	case opProbe:
 		o.ok = err == nil && v>>32 > 0
 		o.waiters = int(uint32(v))
+	case opCancel:
+		o.ok = err == nil && v > 0
 	}
 	if o.done != nil {
 		close(o.done)
@@ -475,6 +487,7 @@ func (s *session) connect() error {
 		return err
 	}
 	s.conn, s.pid, s.lastUse, s.idleSent = c, pid, time.Now(), false
+	s.connected.Store(true)
 	return nil
 }
 
@@ -495,6 +508,7 @@ func (s *session) lostConn() {
 	_ = s.conn.Conn().Close(ctx)
 	s.conn.Release()
 	s.conn = nil
+	s.connected.Store(false)
 }
 
 // giveBack returns an idle session (no locks) to the pool, resetting what
@@ -507,6 +521,7 @@ func (s *session) giveBack() {
 	}
 	s.conn.Release()
 	s.conn = nil
+	s.connected.Store(false)
 }
 
 // errSessionLost is the cause of a request to the retired session of a
@@ -516,11 +531,18 @@ var errSessionLost = errors.New("postgres: the session that held the lock was lo
 // retire returns the connection of a dedicated session to the pool once
 // its lock is gone and nothing is queued, and reports whether it did.
 func (s *session) retire() bool {
+	s.b.mu.Lock()
+	held := len(s.held) > 0
+	s.b.mu.Unlock()
+	if held {
+		return false
+	}
 	s.execMu.Lock()
 	defer s.execMu.Unlock()
 	s.b.mu.Lock()
 	if len(s.held) > 0 || s.queued() {
 		s.b.mu.Unlock()
+		s.signal(s.wake) // serve what is queued first
 		return false
 	}
 	s.retired = true
@@ -530,6 +552,7 @@ func (s *session) retire() bool {
 	if s.conn != nil {
 		s.conn.Release() // its unlock reset idle_session_timeout
 		s.conn = nil
+		s.connected.Store(false)
 	}
 	return true
 }

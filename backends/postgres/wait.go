@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/distlock/distlock"
@@ -23,8 +24,8 @@ func waitSQL(seq string) string {
 		" set_config('idle_session_timeout', $2, false) FROM l"
 }
 
-// cancelTimeout bounds one cancel request; cancelTries is how many are
-// sent before the waiting connection is broken instead.
+// cancelTimeout bounds one cancel; cancelTries is how many are sent
+// before the waiting connection is broken instead.
 const (
 	cancelTimeout = time.Second
 	cancelTries   = 4
@@ -82,9 +83,13 @@ func (b *Backend) AcquireWait(ctx context.Context, key, token string, ttl time.D
 		}
 	}
 	id := b.lockID(key)
-	fence, pid, cancelled, err := b.queue(wctx, c, id)
+	fence, pid, cancelled, reusable, err := b.queue(wctx, c, id)
 	if err != nil {
-		closeConn(c) // frees whatever the session may hold
+		if reusable && migrated {
+			c.Release()
+		} else {
+			closeConn(c) // frees whatever the session may hold
+		}
 		if cancelled {
 			return driver.Grant{}, ended(err)
 		}
@@ -123,33 +128,30 @@ func (b *Backend) AcquireWait(ctx context.Context, key, token string, ttl time.D
 // queue runs the waiting statement on c without a context (pgx would
 // break the connection when it ends); when ctx ends, a cancel request
 // takes the statement out of the server's queue, and if the server cannot
-// be reached the connection is broken. cancelled tells whether a cancel
+// be reached the connection is broken. sent tells whether a cancel
 // was sent: the connection must not be reused then, as a cancel request
 // can arrive late and cancel a later statement.
-func (b *Backend) queue(ctx context.Context, c *pgxpool.Conn, id int64) (fence uint64, pid uint32, cancelled bool, err error) {
+func (b *Backend) queue(ctx context.Context, c *pgxpool.Conn, id int64) (fence uint64, pid uint32, sent, reusable bool, err error) {
 	pc := c.Conn().PgConn()
 	finished := make(chan struct{})
-	watcher := make(chan bool)
-	go func() {
-		sent := false
-		defer func() { watcher <- sent }()
-		select {
-		case <-finished:
-			return
-		case <-ctx.Done():
-		}
-		sent = true
-		for i := 1; ; i++ {
-			cctx, cancel := context.WithTimeout(context.Background(), cancelTimeout)
-			err := pc.CancelRequest(cctx)
-			cancel()
-			if err != nil || i == cancelTries {
+	cancelled := make(chan struct{}) // closed when the cancelling is over
+	var (
+		tries            int
+		confirmed, stray bool
+	)
+	stop := context.AfterFunc(ctx, func() {
+		defer close(cancelled)
+		for tries = 1; ; tries++ {
+			var st bool
+			confirmed, st = b.cancelWait(pc, id)
+			stray = stray || st
+			if !confirmed && tries == cancelTries {
 				_ = pc.Conn().SetDeadline(time.Now()) // give up the connection
 				return
 			}
 			// A cancel that reaches the server before the statement
 			// does is ignored: send another unless the statement ends.
-			t := time.NewTimer(time.Duration(i) * 20 * time.Millisecond)
+			t := time.NewTimer(time.Duration(tries) * 20 * time.Millisecond)
 			select {
 			case <-finished:
 				t.Stop()
@@ -157,7 +159,7 @@ func (b *Backend) queue(ctx context.Context, c *pgxpool.Conn, id int64) (fence u
 			case <-t.C:
 			}
 		}
-	}()
+	})
 	var (
 		v          int64
 		p          int32
@@ -167,19 +169,25 @@ func (b *Backend) queue(ctx context.Context, c *pgxpool.Conn, id int64) (fence u
 	err = c.QueryRow(context.Background(), b.waitSQL, id,
 		strconv.FormatInt(b.cfg.idleTimeout.Milliseconds(), 10)).Scan(&v, &p, &inRecovery, &idle)
 	close(finished)
-	cancelled = <-watcher
+	if sent = !stop(); sent {
+		<-cancelled
+	}
 	switch {
 	case err != nil:
-		return 0, 0, cancelled, err
+		// One confirmed cancel that ended the statement leaves the
+		// connection clean: no lock, no statement, no cancel to come.
+		var pe *pgconn.PgError
+		reusable = sent && tries == 1 && confirmed && !stray && errors.As(err, &pe) && pe.Code == "57014"
+		return 0, 0, sent, reusable, err
 	case inRecovery:
 		err = errors.New("postgres: the server is a standby (in recovery): advisory locks there are not shared with the primary; connect to the primary")
 	case uint32(p) != pc.PID() && !b.cfg.allowPooler:
 		err = errPIDChanged
 	}
 	if err != nil {
-		return 0, 0, cancelled, err // the caller closes c, freeing the lock
+		return 0, 0, sent, false, err // the caller closes c, freeing the lock
 	}
-	return uint64(v), uint32(p), cancelled, nil
+	return uint64(v), uint32(p), sent, false, nil
 }
 
 // undo unlocks a grant nobody wants on c, then closes c (a cancel request
@@ -198,4 +206,28 @@ func closeConn(c *pgxpool.Conn) {
 	defer cancel()
 	_ = c.Conn().Close(ctx)
 	c.Release()
+}
+
+// cancelWait ends the wait of pc in the server's queue, and reports
+// whether the server confirmed that it signalled pc's backend, and whether
+// a cancel may still be on its way (stray): pg_cancel_backend on the key's
+// holder session if it is connected (one round trip), else a cancel
+// request (a connection of its own, for which the server starts a
+// process). Through a pooler PIDs are not the server's: only the cancel
+// request is used.
+func (b *Backend) cancelWait(pc *pgconn.PgConn, id int64) (confirmed, stray bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), cancelTimeout)
+	defer cancel()
+	if s := b.sessionFor(id); s.connected.Load() && !b.cfg.allowPooler {
+		o := &op{kind: opCancel, id: int64(pc.PID()), done: make(chan struct{})}
+		b.mu.Lock()
+		s.enqueueLocked(o)
+		b.mu.Unlock()
+		if err := b.wait(ctx, o); err != nil {
+			stray = true // abandoned: it may still run
+		} else if o.ok {
+			return true, false
+		}
+	}
+	return pc.CancelRequest(ctx) == nil, stray
 }
