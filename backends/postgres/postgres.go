@@ -52,10 +52,20 @@
 //
 // # Waiting and Close
 //
-// Waiters in the same Backend wake as soon as it releases a key or loses it
-// (driver.ReleaseNotifier), their attempt queued right behind the unlock;
-// waiters in other processes poll per the Manager's retry strategy. Close
-// unlocks whatever the Backend still holds, as a process exit would.
+// Waiters wait in PostgreSQL's own lock queue (driver.Queuer): AcquireWait
+// first tries the key on its holder session, as Acquire does, and if
+// another session holds it (or waiters queue for it: the server lets
+// nobody overtake them) sends a blocking pg_advisory_lock on a connection
+// of the pool. The server grants the key to its waiters one at a time, in
+// the order they queued, across every process. The connection that got
+// the key becomes a holder session of its own (TTL, heartbeat, loss
+// detection, Release, Extend and Inspect as on the others) until the key
+// is released, then goes back to the pool: size the pool for the holder
+// sessions plus one connection per key waited for at once. A wait whose
+// context ends is cancelled (pg_cancel_backend from the key's holder
+// session, or a cancel request) before AcquireWait returns, and a grant
+// that raced with it is unlocked. Close unlocks whatever the Backend still
+// holds, as a process exit would.
 //
 // # Cross-instance release
 //
@@ -69,9 +79,10 @@
 //
 // # Inspect
 //
-// Backend implements driver.Inspector: a lock held through this Backend
-// is answered from memory (held, TTL, fence); any other key with one
-// read-only query of pg_locks, which tells only whether it is held.
+// Backend implements driver.Inspector with one read-only query of
+// pg_locks: whether the key is held and how many sessions wait for it;
+// a lock held through this Backend adds its TTL, fence and holder from
+// memory.
 //
 // # Poolers and standbys
 //
@@ -103,7 +114,8 @@
 // connect_timeout (or PGCONNECT_TIMEOUT) bounds each connection and all
 // of Open; when neither is set it is DefaultConnectTimeout (5s), whatever
 // Open's context. A Backend opened from a URL owns its pool (sized to its
-// sessions) and closes it on Close.
+// sessions plus DefaultWaitConns, unless pool_max_conns is given) and
+// closes it on Close.
 package postgres
 
 import (
