@@ -29,11 +29,14 @@ type Manager struct {
 	unmet      error     // why the backend fails Require, if it does
 	where      string    // scheme://host when opened by URL, for errors
 
-	qmu      sync.Mutex
-	queues   map[string]*keyQueue // goroutines waiting for a key, see handoff.go
-	closing  chan struct{}        // closed by Close
-	closeCtx context.Context      // cancelled by Close: ends waits in a backend's queue
-	endAll   context.CancelFunc
+	qmu    sync.Mutex
+	queues map[string]*keyQueue // goroutines waiting for a key, see handoff.go
+	// contended holds keys whose last plain attempt found them held: their
+	// acquires wait in the server's queue without trying first (queue.go).
+	contended map[string]struct{}
+	closing   chan struct{}   // closed by Close
+	closeCtx  context.Context // cancelled by Close: ends waits in a backend's queue
+	endAll    context.CancelFunc
 
 	closed    atomic.Bool
 	closeOnce sync.Once

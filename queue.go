@@ -56,15 +56,12 @@ func gaveUpQueued(waited time.Duration) error {
 func (m *Manager) acquireQueued(ctx context.Context, key string, ttl time.Duration, token string, explicit bool, retry RetryStrategy, oc *call) (string, driver.Grant, time.Time, error) {
 	const op = "acquire"
 	start := time.Now()
-	var deadline time.Time
-	if b, ok := waitBudget(retry); ok {
-		deadline = start.Add(b)
-	}
 	var (
-		w       *waiter
-		timer   *time.Timer
-		waited  bool // the call waited for the key held by another token
-		lastErr error
+		deadline time.Time
+		w        *waiter
+		timer    *time.Timer
+		waited   bool // the call waited for the key held by another token
+		lastErr  error
 	)
 	defer func() {
 		if timer != nil {
@@ -99,22 +96,40 @@ func (m *Manager) acquireQueued(ctx context.Context, key string, ttl time.Durati
 		return token, g, t0, nil
 	}
 
-	if explicit && m.Waiting(key) > 0 {
-		// Others of this Manager wait already; an explicit token may be
-		// its holder's re-acquire, which must not queue behind them.
+	if m.tryFirst(key, explicit) {
+		// One plain attempt first: a free key costs what Acquire costs
+		// (the backend's Acquire respects its queue, so this slips in
+		// ahead of nobody). With others of this Manager in line, only an
+		// explicit token tries: it may be its holder's re-acquire, which
+		// must not queue behind them.
 		t0 := time.Now()
 		g, err := m.b.Acquire(ctx, key, token, ttl)
 		oc.attempt(ctx, err)
+		m.noteTry(key, err)
 		if err == nil {
 			return ok(g, t0)
 		}
-		if kind := classify(err); kind != ErrNotAcquired {
-			if cerr := ctx.Err(); cerr != nil {
-				return fail(ErrUnavailable, joinCtx(cause(err, kind), cerr))
+		kind := classify(err)
+		if cerr := ctx.Err(); cerr != nil {
+			if kind == ErrNotAcquired {
+				return fail(ErrNotAcquired, waitEnded(time.Since(start), cerr))
 			}
+			if !explicit {
+				m.dropAbandoned(ctx, key, token)
+			}
+			return fail(ErrUnavailable, joinCtx(cause(err, kind), cerr))
+		}
+		switch kind {
+		case ErrNotAcquired:
+			waited = true
+		case ErrUnavailable:
+			lastErr = err // AcquireWait tries again, per the strategy
+		default:
 			return fail(kind, cause(err, kind))
 		}
-		waited = true
+	}
+	if b, ok := waitBudget(retry); ok {
+		deadline = start.Add(b)
 	}
 	w = m.enqueue(key, token, ttl)
 	failures := 0 // server errors in a row
@@ -236,6 +251,43 @@ func (m *Manager) acquireQueued(ctx context.Context, key string, ttl time.Durati
 				return fail(ErrNotAcquired, gaveUpQueued(time.Since(start)))
 			}
 		}
+	}
+}
+
+// maxContended bounds how many keys a Manager remembers as contended.
+const maxContended = 1024
+
+// tryFirst reports whether an acquire of key that may wait makes a plain
+// attempt before it waits in the server's queue. It does unless others of
+// this Manager wait for key (then only an explicit token tries: it may be
+// the holder's re-acquire) or the last plain attempt of this Manager found
+// key held: a contended key goes straight to the queue, which grants a
+// free key at once anyway, saving the server a request per acquire.
+func (m *Manager) tryFirst(key string, explicit bool) bool {
+	m.qmu.Lock()
+	defer m.qmu.Unlock()
+	if q := m.queues[key]; q != nil && len(q.ws) > 0 {
+		return explicit
+	}
+	_, hot := m.contended[key]
+	return !hot
+}
+
+// noteTry remembers whether a plain attempt on key found it held.
+func (m *Manager) noteTry(key string, err error) {
+	held := errors.Is(err, ErrNotAcquired)
+	m.qmu.Lock()
+	defer m.qmu.Unlock()
+	switch {
+	case err == nil:
+		if len(m.contended) > 0 {
+			delete(m.contended, key)
+		}
+	case held && len(m.contended) < maxContended:
+		if m.contended == nil {
+			m.contended = make(map[string]struct{})
+		}
+		m.contended[key] = struct{}{}
 	}
 }
 

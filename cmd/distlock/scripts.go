@@ -312,6 +312,7 @@ type lockState struct {
 	HeldByToken bool          // the token given holds it
 	TTL         time.Duration // time left on the lock (0: unknown)
 	Fence       uint64        // the holder's fencing number (0: unknown or none)
+	Waiters     int           // waiters queued on the server
 }
 
 // errInspectUnsupported: no read-only way to look at a lock is available.
@@ -333,6 +334,7 @@ func inspectLock(ctx context.Context, m *distlock.Manager, key, token string) (l
 		HeldByToken: info.Held && token != "" && info.Holder == token,
 		TTL:         info.TTL,
 		Fence:       info.Fence,
+		Waiters:     info.Waiters,
 	}, nil
 }
 
@@ -424,6 +426,7 @@ func runStatus(ctx context.Context, env *cliEnv, args []string) int {
 			if st.Fence > 0 {
 				out["fence"] = st.Fence
 			}
+			out["waiters"] = st.Waiters
 			if !st.HeldByToken {
 				exit = exitNotHeld
 			}
@@ -464,6 +467,9 @@ func runStatus(ctx context.Context, env *cliEnv, args []string) int {
 			fmt.Fprintf(w, "lock %q:  held by another token\n", *key)
 		default:
 			fmt.Fprintf(w, "lock %q:  not held\n", *key)
+		}
+		if serr == nil && st.Waiters > 0 {
+			fmt.Fprintf(w, "waiters:      %d queued on the server\n", st.Waiters)
 		}
 	}
 	return exit
