@@ -33,24 +33,33 @@ const (
 
 // AcquireWait implements driver.Queuer: it waits in PostgreSQL's own lock
 // queue, with a blocking pg_advisory_lock on a connection of the pool
-// (never on a holder session, which would stall the other keys on it).
+// (never on a holder session, which would stall the other keys on it), so
+// each lock it grants costs a connection while it is held.
 // When ctx ends, a cancel request takes the statement out of the queue and
 // the connection is closed; a grant that raced with it is unlocked first.
 // The connection that got the lock becomes a holder session of its own
 // for as long as the lock is held (TTL, heartbeat, loss detection as on
 // the other sessions), then goes back to the pool.
 func (b *Backend) AcquireWait(ctx context.Context, key, token string, ttl time.Duration) (driver.Grant, error) {
-	// A free key (or a re-acquire) is taken on a holder session, as by
-	// Acquire: only a contended key costs a connection of its own. (With
-	// waiters queued, the server refuses the try even if the key is free
-	// for an instant: nobody overtakes them.)
-	if g, err := b.Acquire(ctx, key, token, ttl); err != distlock.ErrNotAcquired {
-		return g, err
-	}
+	// The Manager calls it for a key its last try found held (a free key
+	// it tries with Acquire, on a holder session): go straight to the
+	// server's queue, which grants a free key at once too.
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
 		return driver.Grant{}, distlock.Unavailable(errClosed)
+	}
+	if h := b.liveLocked(key, time.Now()); h != nil && !h.pending && h.token == token {
+		b.mu.Unlock() // a re-acquire
+		g, err := b.refresh(ctx, key, token, ttl, distlock.ErrNotAcquired)
+		if err != distlock.ErrNotAcquired {
+			return g, err
+		}
+		b.mu.Lock() // lost meanwhile: queue
+		if b.closed {
+			b.mu.Unlock()
+			return driver.Grant{}, distlock.Unavailable(errClosed)
+		}
 	}
 	b.wg.Add(1)
 	b.mu.Unlock()
