@@ -34,12 +34,12 @@ const (
 // AcquireWait implements driver.Queuer: it waits in PostgreSQL's own lock
 // queue, with a blocking pg_advisory_lock on a connection of the pool
 // (never on a holder session, which would stall the other keys on it), so
-// each lock it grants costs a connection while it is held.
-// When ctx ends, a cancel request takes the statement out of the queue and
-// the connection is closed; a grant that raced with it is unlocked first.
-// The connection that got the lock becomes a holder session of its own
-// for as long as the lock is held (TTL, heartbeat, loss detection as on
-// the other sessions), then goes back to the pool.
+// each lock it grants costs a connection while it is held. When ctx ends
+// the statement is cancelled (see cancelWait) before AcquireWait returns,
+// and a grant that raced with it is unlocked. The connection that got the
+// lock becomes a holder session of its own for as long as the lock is
+// held (TTL, heartbeat, loss detection as on the other sessions), then
+// goes back to the pool.
 func (b *Backend) AcquireWait(ctx context.Context, key, token string, ttl time.Duration) (driver.Grant, error) {
 	// The Manager calls it for a key its last try found held (a free key
 	// it tries with Acquire, on a holder session): go straight to the
