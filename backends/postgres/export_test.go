@@ -8,6 +8,7 @@ func (b *Backend) Freeze() (resume func()) {
 	b.mu.Lock()
 	all := append([]*session(nil), b.sessions...)
 	for s := range b.extra {
+		b.startLocked(s)
 		all = append(all, s)
 	}
 	b.mu.Unlock()

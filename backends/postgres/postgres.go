@@ -393,6 +393,7 @@ func New(pool *pgxpool.Pool, opts ...Option) *Backend {
 	b.sessions = make([]*session, cfg.sessions)
 	for i := range b.sessions {
 		s := newSession(b, i)
+		s.started = true
 		b.sessions[i] = s
 		b.wg.Add(1)
 		go s.run()
@@ -680,7 +681,6 @@ func (b *Backend) Capabilities() driver.Capabilities {
 func (b *Backend) Close() error {
 	b.closeOnce.Do(func() {
 		b.mu.Lock()
-		b.closed = true
 		for _, h := range b.locks {
 			if h.timer != nil {
 				h.timer.Stop()
@@ -691,8 +691,10 @@ func (b *Backend) Close() error {
 		}
 		all := append([]*session(nil), b.sessions...)
 		for s := range b.extra {
+			b.startLocked(s) // its goroutine gives the connection back
 			all = append(all, s)
 		}
+		b.closed = true
 		b.mu.Unlock()
 		for _, s := range all {
 			close(s.closing)

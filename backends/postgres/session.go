@@ -69,6 +69,8 @@ type session struct {
 	// b.mu), after which nothing is queued on it.
 	dedicated bool
 	retired   bool
+	started   bool        // its goroutine runs (a dedicated one starts late)
+	start     *time.Timer // starts the goroutine of a dedicated session
 
 	// execMu is held by whoever uses the connection; it guards the rest.
 	execMu    sync.Mutex
@@ -112,6 +114,7 @@ func (s *session) enqueueLocked(o *op) {
 	s.queue = append(s.queue, o)
 	s.qmu.Unlock()
 	if o.done == nil {
+		s.b.startLocked(s)
 		s.signal(s.wake)
 	}
 }
@@ -171,11 +174,40 @@ func (s *session) drain() {
 	if s.dedicated {
 		s.b.mu.Lock()
 		idle := len(s.held) == 0
+		early := idle && !s.started && !s.retired && !s.queued()
+		if early { // released before its goroutine started: retire here
+			s.retired = true
+			s.start.Stop()
+			delete(s.b.extra, s)
+		}
 		s.b.mu.Unlock()
-		if idle {
+		switch {
+		case early:
+			if s.conn != nil {
+				s.conn.Release() // its unlock reset idle_session_timeout
+				s.conn = nil
+				s.connected.Store(false)
+			}
+		case idle:
 			s.signal(s.wake) // the session goroutine retires
 		}
 	}
+}
+
+// startLocked starts the goroutine of s if it has not started (a
+// dedicated session's starts after a quiet spell, when its lock is held
+// for longer than a moment, or when work is queued for it). Called with
+// b.mu held.
+func (b *Backend) startLocked(s *session) {
+	if s.started || s.retired || (b.closed && s.dedicated) {
+		return
+	}
+	s.started = true
+	if s.start != nil {
+		s.start.Stop()
+	}
+	b.wg.Add(1)
+	go s.run()
 }
 
 func (s *session) run() {

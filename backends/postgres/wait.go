@@ -126,8 +126,14 @@ func (b *Backend) AcquireWait(ctx context.Context, key, token string, ttl time.D
 	b.extra[s] = struct{}{}
 	s.idleSent = true
 	s.signal(s.idle) // watch the socket for loss once quiet
-	b.wg.Add(1)
-	go s.run()
+	// Most contended locks are released within moments: the session's
+	// goroutine (heartbeat, loss watch, retiring) starts only if it is
+	// still held after a quiet spell.
+	s.start = time.AfterFunc(watchAfter, func() {
+		b.mu.Lock()
+		b.startLocked(s)
+		b.mu.Unlock()
+	})
 	b.mu.Unlock()
 	// The TTL counts from the moment the grant was seen, here as in the
 	// Backend's own expiry timer.
