@@ -15,6 +15,7 @@ import (
 	"github.com/distlock/distlock/driver"
 	"github.com/jackc/pgx/v5"
 	"github.com/redis/go-redis/v9"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // URLOption configures the Harness URL returns.
@@ -185,8 +186,9 @@ func redisNodes(rawURL string) ([]*redis.Options, error) {
 }
 
 // EtcdRevoker deletes a lock as an operator would on the etcd cluster of an
-// etcd:// or etcds:// URL: the lock lives under the URL's prefix parameter
-// (etcd.DefaultPrefix by default) followed by the key.
+// etcd:// or etcds:// URL: it deletes the holder's entry, the first in the
+// key's queue (etcd.QueuePrefix of the URL's prefix parameter, by default
+// etcd.DefaultPrefix, and the key).
 func EtcdRevoker(rawURL string) Revoker {
 	return RevokerFunc(func(ctx context.Context, key string) error {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), revokeTimeout)
@@ -204,7 +206,13 @@ func EtcdRevoker(rawURL string) Revoker {
 			return err
 		}
 		defer b.Close()
-		_, err = b.(*etcd.Backend).Client().Delete(ctx, prefix+key)
+		// The holder's entry is the first of the key's queue.
+		cli, q := b.(*etcd.Backend).Client(), etcd.QueuePrefix(prefix, key)
+		resp, err := cli.Get(ctx, q, clientv3.WithFirstCreate()...)
+		if err != nil || len(resp.Kvs) == 0 {
+			return err
+		}
+		_, err = cli.Delete(ctx, string(resp.Kvs[0].Key))
 		return err
 	})
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -71,12 +70,11 @@ func freeFor(t *testing.T, probe *distlock.Manager, key string) bool {
 
 // Waiters of several managers (each on its own client, as processes are)
 // that give up after a few milliseconds — cut off while they join the
-// key's line, while they read it, or while their acquire transaction is
-// in flight — leave nothing in the line: once the holder releases, a
-// try-once Acquire of another manager gets the free key at once. It used
-// to be refused until the waiters' managers were closed, because an
-// entry whose write was cut off (or that an acquire moved while the call
-// was being cut off) stayed in the line on the session lease.
+// key's queue, while they wait in it, or while they read it — leave
+// nothing in the queue: once the holder releases, a try-once Acquire of
+// another manager gets the free key at once. (With the line of waiters
+// this backend had before the queue, it used to be refused until the
+// waiters' managers were closed.)
 func TestGiveUpLeavesLineEmpty(t *testing.T) {
 	srv := distlocktest.StartEtcd(t)
 	admin := newClient(t, srv.Endpoints)
@@ -122,8 +120,8 @@ func TestGiveUpLeavesLineEmpty(t *testing.T) {
 		// few round trips, never after the waiters' managers are closed.
 		testwait.For(t, 3*time.Second, "a try-once Acquire to get the free key "+key,
 			func() bool { return freeFor(t, probe, key) })
-		testwait.For(t, 3*time.Second, "the line of "+key+" to empty",
-			func() bool { return lineLen(t, admin, key) == 0 })
+		testwait.For(t, 3*time.Second, "the queue of "+key+" to empty",
+			func() bool { return queueLen(t, admin, key) == 0 })
 		// And for one of the managers whose waiters gave up.
 		l, err := ms[0].Lock(ctx, key, 30*time.Second, distlock.WithLockRetry(distlock.NoRetry()))
 		if err != nil {
@@ -142,8 +140,7 @@ func TestGiveUpLeavesLineEmpty(t *testing.T) {
 // the key stayed held by a token nobody had, for the whole TTL.
 func TestCutOffAcquireLeavesNoGrant(t *testing.T) {
 	srv := distlocktest.StartEtcd(t)
-	// The default prefix has stop marks; an empty one has no room for them
-	// (nor for lines), and the clean-up goes without.
+	// An empty prefix works as well as the default one.
 	for _, prefix := range []string{etcd.DefaultPrefix, ""} {
 		t.Run(fmt.Sprintf("prefix=%q", prefix), func(t *testing.T) {
 			cutOffAcquires(t, srv, prefix)
@@ -201,12 +198,14 @@ func cutOffAcquires(t *testing.T, srv *distlocktest.EtcdServer, prefix string) {
 			func() bool { return freeFor(t, probe, key) })
 	}
 	// The cut-off grants' leases do not carry lock keys any more.
-	resp, err := cli.Get(ctx, prefix+"cut-", clientv3.WithPrefix(), clientv3.WithCountOnly())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if resp.Count != 0 {
-		t.Fatalf("%d cut-off keys still held", resp.Count)
+	for _, key := range cut {
+		resp, err := cli.Get(ctx, etcd.QueuePrefix(prefix, key), clientv3.WithPrefix(), clientv3.WithCountOnly())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.Count != 0 {
+			t.Fatalf("%d entries left in the queue of the cut-off key %s", resp.Count, key)
+		}
 	}
 }
 
@@ -294,24 +293,22 @@ func TestCutOffGrantLandsAfterRelease(t *testing.T) {
 	}
 }
 
-// A waiter cut off while its request to join the key's line is in flight,
-// the join reaching the server only after the call has ended (and, with
-// the join now sent on a context of its own, after that request timed
-// out): no entry stays in the line. It used to stay on the session lease,
-// so that a try-once Acquire of the free key was refused until the
-// waiter's manager closed.
+// A waiter cut off while its request to join the key's queue is in
+// flight, the put reaching the server only after the call has ended: no
+// entry stays in the queue (the waiter revoked the entry's lease, so the
+// late put fails), and once the holder releases, a try-once Acquire gets
+// the free key at once.
 func TestCutOffJoinLeavesLineEmpty(t *testing.T) {
 	srv := distlocktest.StartEtcd(t)
 	admin := newClient(t, srv.Endpoints)
 	holder := open(t, srv)
 	probe := open(t, srv, distlock.WithRetry(distlock.NoRetry()))
-	waiter := distlock.New(etcd.New(holdingClient(t, srv.Endpoints), etcd.WithRequestTimeout(500*time.Millisecond)),
-		distlock.WithRetry(distlock.LinearBackoff(20*time.Millisecond)))
+	waiter := etcd.New(holdingClient(t, srv.Endpoints), etcd.WithRequestTimeout(500*time.Millisecond))
 	t.Cleanup(func() { waiter.Close() })
 	ctx := ctxT(t, 60*time.Second)
 	isJoin := func(r *pb.TxnRequest) bool {
 		p := r.GetSuccess()
-		return len(p) > 0 && p[0].GetRequestPut() != nil && strings.HasPrefix(string(p[0].GetRequestPut().Key), "distlock0line/")
+		return len(r.GetCompare()) == 0 && len(p) == 3 && p[1].GetRequestPut() != nil
 	}
 	for i := range 3 {
 		key := fmt.Sprintf("join-late-%d", i)
@@ -325,8 +322,8 @@ func TestCutOffJoinLeavesLineEmpty(t *testing.T) {
 			<-h.held // joining: cut the waiter off
 			cancel()
 		}()
-		if _, err := waiter.Acquire(wctx, key, 30*time.Second); err == nil {
-			t.Fatal("waiter got a held key")
+		if _, err := waiter.AcquireWait(wctx, key, distlock.NewToken(), 30*time.Second); !errors.Is(err, context.Canceled) {
+			t.Fatalf("waiter: %v, want context.Canceled", err)
 		}
 		cancel()
 		close(h.gate) // the join reaches the server now
@@ -338,7 +335,7 @@ func TestCutOffJoinLeavesLineEmpty(t *testing.T) {
 		}
 		testwait.For(t, 5*time.Second, "a try-once Acquire to get the free key "+key,
 			func() bool { return freeFor(t, probe, key) })
-		testwait.For(t, 5*time.Second, "the line of "+key+" to empty",
-			func() bool { return lineLen(t, admin, key) == 0 })
+		testwait.For(t, 5*time.Second, "the queue of "+key+" to empty",
+			func() bool { return queueLen(t, admin, key) == 0 })
 	}
 }

@@ -1,7 +1,7 @@
-// Package etcd is the etcd v3 backend of distlock: a lease per grant, a
-// create-if-absent transaction, the key's create revision as the fencing
-// number (a transfer writes its fence into the value), and a watch that
-// wakes waiters when a held key is released.
+// Package etcd is the etcd v3 backend of distlock: each lock is a queue of
+// entries under a prefix of its own, ordered by create revision as in
+// etcd's concurrency.Mutex; the entry with the lowest create revision holds
+// the lock. Each entry lives on a lease of the grant's TTL.
 //
 // Build a backend on your own client with New, or open one by URL after
 // importing this package (the blank import registers the schemes):
@@ -26,30 +26,32 @@
 //
 // An uncontended acquire and release cost two raft writes (the put and the
 // delete: leases are reused, refreshed by keep-alives); a hand-off between
-// goroutines of one Manager is one (Transfer). Waiters of one
-// backend share one watch per key and take turns; waiters of different
-// backends queue in etcd, in a "line" of keys under the prefix with its
-// last byte incremented ("distlock0line/…" for the default prefix), so a
-// release wakes one transaction, not one per process. docs/etcd.md has the
+// goroutines of one Manager is one (Transfer). A waiter (AcquireWait) puts
+// its entry in the queue and watches only the entry just before it, so a
+// release wakes one waiter in whichever process it is. The fencing number
+// is the revision of the write that made the grant. docs/etcd.md has the
 // details and the benchmark figures.
 package etcd
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/distlock/distlock"
 	"github.com/distlock/distlock/driver"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// DefaultPrefix is the key prefix locks live under unless WithPrefix says
-// otherwise: the lock "seat:42" is the etcd key "distlock/seat:42".
 const DefaultPrefix = "distlock/"
 
 // DefaultMinTTL is the shortest lease New assumes the server grants: etcd's
@@ -70,8 +72,8 @@ type config struct {
 	reqTimeout time.Duration
 }
 
-// WithPrefix puts the lock keys under prefix instead of DefaultPrefix.
-// Keys are appended to it byte for byte, so binary keys are safe.
+// WithPrefix puts the lock keys under prefix instead of DefaultPrefix
+// (see QueuePrefix).
 func WithPrefix(prefix string) Option {
 	return func(c *config) { c.prefix = prefix }
 }
@@ -92,16 +94,18 @@ func WithRequestTimeout(d time.Duration) Option {
 }
 
 // Backend is the etcd implementation of driver.Backend. It also
-// implements driver.ReleaseNotifier, driver.LossWatcher and
-// driver.Transferer. It is safe for concurrent use.
+// implements driver.Queuer, driver.LossWatcher, driver.Transferer and
+// driver.Inspector. It is safe for concurrent use.
 type Backend struct {
 	cli        *clientv3.Client
 	ownClient  bool
 	prefix     string
 	minTTL     time.Duration
 	reqTimeout time.Duration
+	id         string        // names this backend's queue entries
+	seq        atomic.Uint64 // and this counts them
 
-	ctx    context.Context // ends at Close; parent of the watches
+	ctx    context.Context // ends at Close; parent of the background work
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
@@ -109,18 +113,10 @@ type Backend struct {
 	closed  bool
 	pool    map[int64][]spareLease // keyless leases by requested seconds
 	pooled  int
-	grants  map[string]*grant // by etcd key: the last grant made here
+	grants  map[string]*grant // by queue prefix: the last grant made here
 	sweepAt int
-	hubs    map[string]*hub             // by etcd key
-	flights map[flightKey]chan struct{} // transfers in progress: closed when done
+	losses  map[string]map[*lossWatch]struct{} // by queue prefix
 
-	rn renewer // the keep-alive stream
-
-	lprefix string     // where the waiters' lines live ("" for none)
-	sprefix string     // where stop marks live ("" for none; see cutoff.go)
-	sessMu  sync.Mutex // serializes the session grant
-	sess    clientv3.LeaseID
-	seq     uint64
 }
 
 // spareLease is a lease of ours that has no key attached: reused by the
@@ -134,10 +130,12 @@ type spareLease struct {
 // grant is what this backend remembers of a lock it granted.
 type grant struct {
 	token     string
-	value     string // the key's value (see lockValue)
-	createRev int64  // the key's create revision
-	fence     int64  // createRev, or the fence in the value
-	rev       int64  // the revision of the write that made (or moved) it
+	entry     string // the holder's entry
+	value     string // its value (see lockValue)
+	createRev int64
+	fence     int64
+	rev       int64 // the revision the grant was known at
+	queued    bool  // it came through the queue: others likely wait too
 	lease     clientv3.LeaseID
 	secs      int64 // requested seconds (the pool bucket)
 	ttl       int64 // granted seconds
@@ -145,10 +143,10 @@ type grant struct {
 }
 
 var (
-	_ driver.Backend         = (*Backend)(nil)
-	_ driver.ReleaseNotifier = (*Backend)(nil)
-	_ driver.LossWatcher     = (*Backend)(nil)
-	_ driver.Transferer      = (*Backend)(nil)
+	_ driver.Backend     = (*Backend)(nil)
+	_ driver.Queuer      = (*Backend)(nil)
+	_ driver.LossWatcher = (*Backend)(nil)
+	_ driver.Transferer  = (*Backend)(nil)
 )
 
 const (
@@ -171,21 +169,35 @@ func New(cli *clientv3.Client, opts ...Option) *Backend {
 	}
 	c.minTTL = ceilSecond(c.minTTL)
 	ctx, cancel := context.WithCancel(context.Background())
+	var id [8]byte
+	_, _ = rand.Read(id[:])
 	return &Backend{
 		cli:        cli,
 		prefix:     c.prefix,
 		minTTL:     c.minTTL,
 		reqTimeout: c.reqTimeout,
+		id:         hex.EncodeToString(id[:]) + "-",
 		ctx:        ctx,
 		cancel:     cancel,
 		pool:       map[int64][]spareLease{},
 		grants:     map[string]*grant{},
 		sweepAt:    1024,
-		hubs:       map[string]*hub{},
-		flights:    map[flightKey]chan struct{}{},
-		lprefix:    linePrefix(c.prefix),
-		sprefix:    stopPrefix(c.prefix),
+		losses:     map[string]map[*lossWatch]struct{}{},
 	}
+}
+
+// QueuePrefix returns the etcd key prefix under which the queue of key
+// lives, for a backend with the given prefix: prefix, the length of key in
+// decimal, ':', key byte for byte, and '/'. The length makes the mapping
+// injective: the queues of "a", "a/x" and "a\x00" are disjoint. Each entry
+// under it is one holder or waiter; the one with the lowest create
+// revision holds the lock. An operator deletes that entry to break a lock.
+func QueuePrefix(prefix, key string) string {
+	return prefix + strconv.Itoa(len(key)) + ":" + key + "/"
+}
+
+func (b *Backend) newEntry(q string) string {
+	return q + b.id + strconv.FormatUint(b.seq.Add(1), 36)
 }
 
 // DetectMinTTL asks the server for the shortest lease it grants, by
@@ -239,63 +251,50 @@ func (b *Backend) unavailable(op string, err error) error {
 	return distlock.Unavailable(fmt.Errorf("etcd %s: %s: %w", strings.Join(b.cli.Endpoints(), ","), op, err))
 }
 
-// Acquire implements driver.Backend: a lease (a spare one of ours when
-// there is one, else a new grant) and one transaction that creates the key
-// if absent, or moves it to the new lease if token already holds it (the
-// key is never deleted, so there is no gap and the fence stays). A
-// re-acquire of a grant this backend made, for the same TTL, is a read and
-// a keep-alive of its lease: no write.
-func (b *Backend) Acquire(ctx context.Context, key, token string, ttl time.Duration) (driver.Grant, error) {
-	start := time.Now()
-	ctx, cancel := b.reqCtx(ctx)
-	defer cancel()
-	k := b.prefix + key
-	secs := seconds(ttl)
-
-	// A transfer to token through this backend is landing: its outcome
-	// decides what this call is (with the Manager, the first of its
-	// waiters may try just as the key is handed to it).
-	if err := b.awaitTransfer(ctx, k, token); err != nil {
-		return driver.Grant{}, b.unavailable("acquire", err)
+// fail classifies the error of a request made under ctx: the caller's
+// ctx.Err() if ctx ended, else ErrUnavailable.
+func (b *Backend) fail(ctx context.Context, op string, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
 	}
-	if g, ok, err := b.reacquireKnown(ctx, k, token, secs, start); err != nil || ok {
+	return b.unavailable(op, err)
+}
+
+// errEntryLost: a waiter's entry went while it waited.
+var errEntryLost = errors.New("queue entry deleted while waiting (lease expired or revoked, or deleted by hand)")
+
+// Acquire implements driver.Backend with one transaction: if the key's
+// queue is empty it puts an entry there (on a spare lease of ours when
+// there is one, else a new one), else it reads the first entry — and if
+// token holds the key, resets the TTL as Extend does (the fence stays). A
+// refused Acquire writes nothing.
+func (b *Backend) Acquire(ctx context.Context, key, token string, ttl time.Duration) (driver.Grant, error) {
+	return b.acquire(ctx, key, token, ttl, false)
+}
+
+// AcquireWait implements driver.Queuer: one transaction puts an entry in
+// the key's queue and reads the first entry and the one just before its
+// own. Unless its entry is first (or token already holds the key: then
+// the entry goes and the TTL is reset as Extend does), it watches the
+// entry before it until that one is deleted, and so on, keeping its own
+// lease alive meanwhile. When ctx ends, its entry's lease is revoked,
+// which deletes the entry whether or not the transaction that put it has
+// landed yet, and keeps it from landing later.
+func (b *Backend) AcquireWait(ctx context.Context, key, token string, ttl time.Duration) (driver.Grant, error) {
+	return b.acquire(ctx, key, token, ttl, true)
+}
+
+func (b *Backend) acquire(ctx context.Context, key, token string, ttl time.Duration, wait bool) (driver.Grant, error) {
+	start := time.Now()
+	q := QueuePrefix(b.prefix, key)
+	secs := seconds(ttl)
+	rctx, cancel := b.reqCtx(ctx)
+	defer cancel()
+	if g, ok, err := b.reacquireKnown(rctx, q, token, secs, start); err != nil || ok {
 		return g, err
 	}
-
-	switch a := b.admit(k, token); a {
-	case admitWait:
-		return driver.Grant{}, distlock.ErrNotAcquired
-	case admitJoin, admitLine:
-		ok, err := b.readLine(ctx, k, token, a == admitJoin)
-		if err != nil {
-			return driver.Grant{}, b.unavailable("line", err)
-		}
-		if !ok {
-			return driver.Grant{}, distlock.ErrNotAcquired
-		}
-	case admitPeek:
-		ok, err := b.peek(ctx, k, token)
-		if err != nil {
-			return driver.Grant{}, b.unavailable("get", err)
-		}
-		if !ok {
-			return driver.Grant{}, distlock.ErrNotAcquired
-		}
-	case admitCheck:
-		// Test before test-and-set: the watch says another token holds
-		// the key, and a failed transaction would cost a raft write, a
-		// linearizable read does not.
-		resp, err := b.cli.Get(ctx, k)
-		if err != nil {
-			return driver.Grant{}, b.unavailable("get", err)
-		}
-		if len(resp.Kvs) > 0 && tokenOf(resp.Kvs[0].Value) != token {
-			return driver.Grant{}, distlock.ErrNotAcquired
-		}
-	}
-
 	for try := 0; ; try++ {
-		l, spare, err := b.lease(ctx, secs)
+		l, spare, err := b.lease(rctx, secs)
 		if err != nil {
 			return driver.Grant{}, err
 		}
@@ -304,103 +303,210 @@ func (b *Backend) Acquire(ctx context.Context, key, token string, ttl time.Durat
 			// The spare lease was last refreshed before this call began:
 			// refresh it, alongside the transaction, so that the lock
 			// lives ttl from after the call began, as the Manager assumes.
-			refreshed = make(chan keepAlive, 1)
-			go func() {
-				t := time.Now()
-				ttl, err := b.renew(ctx, l.id)
-				refreshed <- keepAlive{ttl, err, t}
-			}()
+			refreshed = b.renewAsync(rctx, l.id)
 		}
-		lineCmps, lineOps, entry, nextEntry := b.lineTxn(k)
+		entry := b.newEntry(q)
 		val := lockValue(token, 0)
-		// The whole transaction is guarded by the attempt's stop mark (see
-		// cutoff.go): if the call ends before it learns the outcome, the
-		// mark is written, after which the transaction cannot apply.
-		stop := b.stopMark(l.id)
-		acquire := clientv3.OpTxn(
-			append([]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(k), "=", 0)}, lineCmps...),
-			append([]clientv3.Op{clientv3.OpPut(k, val, clientv3.WithLease(l.id))}, lineOps...),
-			[]clientv3.Op{clientv3.OpTxn(
-				holds(k, token),
-				// The value (and the fence in it) stays as it is.
-				[]clientv3.Op{clientv3.OpPut(k, "", clientv3.WithIgnoreValue(), clientv3.WithLease(l.id), clientv3.WithPrevKV())},
-				nil,
-			)},
-		)
-		var unstopped []clientv3.Cmp
-		if stop != "" {
-			unstopped = append(unstopped, clientv3.Compare(clientv3.CreateRevision(stop), "=", 0))
+		put := clientv3.OpPut(entry, val, clientv3.WithLease(l.id))
+		first := clientv3.OpGet(q, clientv3.WithFirstCreate()...)
+		txn := b.cli.Txn(rctx)
+		if wait { // the first entry before ours is put, and the last two after
+			txn = txn.Then(first, put, clientv3.OpGet(q, append(clientv3.WithLastCreate(), clientv3.WithLimit(2))...))
+		} else {
+			txn = txn.If(clientv3.Compare(clientv3.CreateRevision(q), "=", 0).WithPrefix()).Then(put).Else(first)
 		}
-		outer, err := b.cli.Txn(ctx).If(unstopped...).Then(acquire).Commit()
+		resp, err := txn.Commit()
 		if err != nil {
 			if spare && try == 0 && errors.Is(err, rpctypes.ErrLeaseNotFound) {
 				continue // the spare lease is gone after all: grant a new one
 			}
-			// Ambiguous: the transaction may apply, now or later, for a
-			// call that has ended. Stop it, and undo what it did.
-			b.undoCut(cutAttempt{k: k, value: val, lease: l.id, stop: stop, entry: entry, next: nextEntry})
-			return driver.Grant{}, b.unavailable("txn", err)
+			// The put may land, now or later, for a call that has ended.
+			b.abandon(l)
+			return driver.Grant{}, b.fail(ctx, "txn", err)
 		}
-		if !outer.Succeeded {
-			// Stop marks are unique: only a bug (or an operator) makes one.
-			return driver.Grant{}, b.unavailable("txn", errors.New("acquire stopped by its own mark"))
-		}
-		resp := (*clientv3.TxnResponse)(outer.Responses[0].GetResponseTxn())
-		resp.Header = outer.Header
-		var cur held
-		var prevLease clientv3.LeaseID
-		if resp.Succeeded {
-			cur = held{token: token, value: val, fence: resp.Header.Revision, createRev: resp.Header.Revision}
-			if entry != "" {
-				b.mu.Lock()
-				b.movedLocked(k, entry, nextEntry, resp.Header.Revision)
-				b.mu.Unlock()
+		rev := resp.Header.Revision
+		kvs := resp.Responses[0].GetResponseRange().GetKvs() // the first entry, unless ours is
+		if len(kvs) == 0 {
+			if refreshed != nil {
+				r := <-refreshed
+				if r.err != nil {
+					b.abandon(l)
+					return driver.Grant{}, b.fail(ctx, "lease keep-alive", r.err)
+				}
+				l.ttl, l.fresh = r.ttl, r.at
 			}
-		} else {
-			inner := resp.Responses[0].GetResponseTxn()
-			if inner == nil || !inner.Succeeded {
+			b.granted(q, &grant{token: token, entry: entry, value: val, createRev: rev, fence: rev, rev: rev,
+				lease: l.id, secs: secs, ttl: l.ttl, fresh: l.fresh}, 0)
+			return driver.Grant{TTL: time.Duration(l.ttl) * time.Second, Fence: uint64(rev)}, nil
+		}
+		if tokenOf(kvs[0].Value) == token { // a re-acquire: reset the TTL
+			if wait {
+				b.abandon(l) // our entry goes
+			} else {
 				b.putSpare(secs, l)
-				if entry != "" { // maybe not first after all: read the line next time
-					b.mu.Lock()
-					if h := b.hubs[k]; h != nil && h.line.entry == entry {
-						h.line.first, h.line.stale = false, true
-					}
-					b.mu.Unlock()
-				}
-				return driver.Grant{}, distlock.ErrNotAcquired
 			}
-			prev := inner.Responses[0].GetResponsePut().GetPrevKv()
-			if prev == nil {
-				return driver.Grant{}, b.unavailable("txn", errors.New("re-acquire without previous key"))
+			g, err := b.extendKV(rctx, q, kvs[0], token, secs)
+			if errors.Is(err, distlock.ErrNotHeld) && try < 2 {
+				continue // it expired just now: the key may be free
 			}
-			cur, prevLease = heldBy(prev), clientv3.LeaseID(prev.Lease)
+			return g, err
 		}
-		if spare {
-			r := <-refreshed
-			if r.err != nil {
-				if resp.Succeeded {
-					// The caller will not learn of this grant: undo it
-					// rather than leave it to expire.
-					uctx, ucancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-					_, _ = b.cli.Txn(uctx).
-						If(clientv3.Compare(clientv3.Value(k), "=", val), clientv3.Compare(clientv3.CreateRevision(k), "=", cur.createRev)).
-						Then(clientv3.OpDelete(k)).Commit()
-					ucancel()
-				}
-				return driver.Grant{}, b.unavailable("lease keep-alive", r.err)
-			}
-			l.ttl, l.fresh = r.ttl, r.at
+		if !wait {
+			b.putSpare(secs, l)
+			return driver.Grant{}, distlock.ErrNotAcquired
 		}
-		b.granted(k, &grant{token: token, value: cur.value, createRev: cur.createRev, fence: cur.fence, rev: resp.Header.Revision,
-			lease: l.id, secs: secs, ttl: l.ttl, fresh: l.fresh}, prevLease)
-		return driver.Grant{TTL: time.Duration(l.ttl) * time.Second, Fence: uint64(cur.fence)}, nil
+		kvs = resp.Responses[2].GetResponseRange().GetKvs() // ours and the one before
+		g, err := b.queued(ctx, q, entry, rev, string(kvs[len(kvs)-1].Key), token, l, secs)
+		if err != nil {
+			b.abandon(l)
+			return driver.Grant{}, err
+		}
+		return g, nil
 	}
+}
+
+// queued waits until entry, put at revision c behind pred, is the first of
+// q's queue, and makes it token's grant. Its fence is the revision of the
+// release that handed the lock on (it wrote to the entry: see release);
+// when the lock came free otherwise (its holder's lease expired), the
+// entry is written once to get a revision above every earlier grant's.
+func (b *Backend) queued(ctx context.Context, q, entry string, c int64, pred, token string, l spareLease, secs int64) (driver.Grant, error) {
+	tick := time.NewTicker(max(time.Duration(l.ttl)*time.Second/3, 300*time.Millisecond))
+	defer tick.Stop()
+	rev := c
+	for {
+		if err := b.waitDelete(ctx, pred, rev, l.id, tick); err != nil {
+			return driver.Grant{}, err
+		}
+		rctx, cancel := b.reqCtx(ctx)
+		ka := b.renewAsync(rctx, l.id) // keeps the entry, and resets the TTL if it is first now
+		resp, err := b.cli.Txn(rctx).Then(clientv3.OpGet(entry),
+			clientv3.OpGet(q, append(clientv3.WithLastCreate(), clientv3.WithMaxCreateRev(c-1))...)).Commit()
+		k := <-ka
+		cancel()
+		if err != nil {
+			return driver.Grant{}, b.fail(ctx, "txn", err)
+		}
+		mine := resp.Responses[0].GetResponseRange().GetKvs()
+		if len(mine) == 0 || errors.Is(k.err, rpctypes.ErrLeaseNotFound) {
+			return driver.Grant{}, b.unavailable("wait", errEntryLost)
+		}
+		if k.err != nil {
+			return driver.Grant{}, b.fail(ctx, "lease keep-alive", k.err)
+		}
+		if before := resp.Responses[1].GetResponseRange().GetKvs(); len(before) > 0 {
+			pred, rev = string(before[0].Key), resp.Header.Revision
+			continue
+		}
+		fence, rev := fenceOf(mine[0]), resp.Header.Revision
+		if mine[0].ModRevision == c { // not handed on by a release
+			rctx, cancel := b.reqCtx(ctx)
+			tr, err := b.cli.Txn(rctx).If(clientv3.Compare(clientv3.CreateRevision(entry), "=", c)).
+				Then(clientv3.OpPut(entry, "", clientv3.WithIgnoreValue(), clientv3.WithIgnoreLease())).Commit()
+			cancel()
+			if err != nil {
+				return driver.Grant{}, b.fail(ctx, "txn", err)
+			}
+			if !tr.Succeeded {
+				return driver.Grant{}, b.unavailable("wait", errEntryLost)
+			}
+			fence, rev = tr.Header.Revision, tr.Header.Revision
+		}
+		if err := ctx.Err(); err != nil {
+			return driver.Grant{}, err
+		}
+		b.granted(q, &grant{token: token, entry: entry, value: string(mine[0].Value), createRev: c, fence: fence, rev: rev,
+			queued: true, lease: l.id, secs: secs, ttl: k.ttl, fresh: k.at}, 0)
+		return driver.Grant{TTL: time.Duration(k.ttl) * time.Second, Fence: uint64(fence), At: k.at}, nil
+	}
+}
+
+// waitDelete waits until key is deleted after revision rev (or the watch
+// breaks: the caller looks again), renewing lease at each tick.
+func (b *Backend) waitDelete(ctx context.Context, key string, rev int64, lease clientv3.LeaseID, tick *time.Ticker) error {
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	wch := b.cli.Watch(wctx, key, clientv3.WithRev(rev+1), clientv3.WithFilterPut())
+	for {
+		select {
+		case wr, ok := <-wch:
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if !ok || wr.Err() != nil || len(wr.Events) > 0 {
+				return nil
+			}
+		case <-tick.C:
+			rctx, rcancel := b.reqCtx(ctx)
+			_, err := b.renew(rctx, lease)
+			rcancel()
+			if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+				return b.unavailable("wait", errEntryLost)
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// abandon revokes the lease of an entry a call put or may yet put (the
+// lease carries nothing else): that deletes the entry, and a put still
+// in flight fails when it lands. It tries once before it returns, and
+// goes on in the background, until the lease would have expired anyway,
+// if that fails.
+func (b *Backend) abandon(l spareLease) {
+	revoke := func() bool {
+		ctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(b.ctx), time.Second)
+		defer cancel()
+		_, err := b.cli.Revoke(ctx, l.id)
+		return err == nil || errors.Is(err, rpctypes.ErrLeaseNotFound)
+	}
+	if revoke() {
+		return
+	}
+	until := time.Now().Add(time.Duration(l.ttl) * time.Second)
+	b.background(func() {
+		for time.Now().Before(until) && !revoke() {
+			select {
+			case <-b.ctx.Done():
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+	})
+}
+
+// background runs f in a goroutine that Close waits for, unless the
+// backend is closed.
+func (b *Backend) background(f func()) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return
+	}
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		f()
+	}()
 }
 
 type keepAlive struct {
 	ttl int64
 	err error
 	at  time.Time // when it was sent
+}
+
+// renewAsync renews lease id in the background; the result comes on the
+// channel.
+func (b *Backend) renewAsync(ctx context.Context, id clientv3.LeaseID) chan keepAlive {
+	ch := make(chan keepAlive, 1)
+	go func() {
+		t := time.Now()
+		ttl, err := b.renew(ctx, id)
+		ch <- keepAlive{ttl, err, t}
+	}()
+	return ch
 }
 
 // lease returns a lease of secs seconds for a new grant: a spare one
@@ -456,27 +562,15 @@ func (b *Backend) putSpareLocked(secs int64, l spareLease) {
 	b.pooled++
 }
 
-// granted records a grant; prevLease is the lease the key was on before a
-// re-acquire moved it (keyless now: a spare if it is ours).
-func (b *Backend) granted(k string, g *grant, prevLease clientv3.LeaseID) {
+// granted records a grant; prevLease is the lease the entry was on before
+// a re-acquire moved it (keyless now: a spare if it is ours).
+func (b *Backend) granted(q string, g *grant, prevLease clientv3.LeaseID) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.grantedLocked(k, g, prevLease)
-}
-
-func (b *Backend) grantedLocked(k string, g *grant, prevLease clientv3.LeaseID) {
-	if old := b.grants[k]; old != nil && prevLease != 0 && old.lease == prevLease && old.lease != g.lease {
+	if old := b.grants[q]; old != nil && prevLease != 0 && old.lease == prevLease && old.lease != g.lease {
 		b.putSpareLocked(old.secs, spareLease{id: old.lease, ttl: old.ttl, fresh: old.fresh})
 	}
-	b.grants[k] = g
-	b.dequeueLocked(k, g.token)
-	if h := b.hubs[k]; h != nil && h.known && g.rev > h.rev {
-		// Known before the watch reports it (see idleLineLocked).
-		h.rev, h.present, h.token, h.fence = g.rev, true, g.token, g.fence
-		for w := range h.losses {
-			checkLoss(h, w)
-		}
-	}
+	b.grants[q] = g
 	if len(b.grants) > b.sweepAt {
 		now := time.Now()
 		for key, g := range b.grants {
@@ -488,52 +582,87 @@ func (b *Backend) grantedLocked(k string, g *grant, prevLease clientv3.LeaseID) 
 	}
 }
 
-// Extend implements driver.Backend: it reads the key, and if token holds
-// it refreshes the key's lease (a keep-alive: no raft write). A lease
-// shorter than ttl is replaced by a new one in a transaction that compares
-// the token and the old lease. It never re-creates a key.
+// reacquireKnown is a re-acquire by token of a grant this backend made for
+// the same number of seconds: if a read shows the entry still on that
+// grant, extendKV resets its TTL with a keep-alive — no raft write. A
+// grant made or refreshed since the call started (a transfer to token
+// landed meanwhile) needs neither. ok is false when the backend knows no
+// such grant or the read shows another state.
+func (b *Backend) reacquireKnown(ctx context.Context, q, token string, secs int64, start time.Time) (driver.Grant, bool, error) {
+	b.mu.Lock()
+	var g grant
+	if p := b.grants[q]; p != nil && p.token == token && p.secs == secs && p.lease != clientv3.NoLease {
+		g = *p
+	}
+	b.mu.Unlock()
+	if g.token == "" {
+		return driver.Grant{}, false, nil
+	}
+	if !g.fresh.Before(start) {
+		return driver.Grant{TTL: time.Duration(g.ttl) * time.Second, Fence: uint64(g.fence)}, true, nil
+	}
+	resp, err := b.cli.Get(ctx, g.entry)
+	if err != nil {
+		return driver.Grant{}, false, b.unavailable("get", err)
+	}
+	if len(resp.Kvs) == 0 || string(resp.Kvs[0].Value) != g.value || resp.Kvs[0].CreateRevision != g.createRev {
+		return driver.Grant{}, false, nil
+	}
+	gr, err := b.extendKV(ctx, q, resp.Kvs[0], token, secs)
+	if errors.Is(err, distlock.ErrNotHeld) {
+		return driver.Grant{}, false, nil // expired just now: the entry went with it
+	}
+	return gr, err == nil, err
+}
+
+// Extend implements driver.Backend: it reads the first entry, and if
+// token holds it refreshes the entry's lease (a keep-alive: no raft
+// write). A lease shorter than ttl is replaced by a new one in a
+// transaction that compares the entry's value and old lease. It never
+// re-creates an entry.
 func (b *Backend) Extend(ctx context.Context, key, token string, ttl time.Duration) (driver.Grant, error) {
 	ctx, cancel := b.reqCtx(ctx)
 	defer cancel()
-	k := b.prefix + key
-	secs := seconds(ttl)
-	resp, err := b.cli.Get(ctx, k)
+	q := QueuePrefix(b.prefix, key)
+	resp, err := b.cli.Get(ctx, q, clientv3.WithFirstCreate()...)
 	if err != nil {
 		return driver.Grant{}, b.unavailable("get", err)
 	}
-	if len(resp.Kvs) == 0 {
+	if len(resp.Kvs) == 0 || tokenOf(resp.Kvs[0].Value) != token {
 		return driver.Grant{}, distlock.ErrNotHeld
 	}
-	kv := resp.Kvs[0]
-	cur := heldBy(kv)
-	if cur.token != token {
-		return driver.Grant{}, distlock.ErrNotHeld
-	}
-	old := cur.lease
-	if old != clientv3.NoLease {
+	return b.extendKV(ctx, q, resp.Kvs[0], token, seconds(ttl))
+}
+
+// extendKV resets the TTL of the grant kv (q's first entry, which token
+// holds) to secs: a keep-alive of its lease or, if that lease is shorter,
+// a move to a new lease, the fence written into the value so that it
+// stays.
+func (b *Backend) extendKV(ctx context.Context, q string, kv *mvccpb.KeyValue, token string, secs int64) (driver.Grant, error) {
+	fence, lease := fenceOf(kv), clientv3.LeaseID(kv.Lease)
+	if lease != clientv3.NoLease {
 		t := time.Now()
-		ttl, err := b.renew(ctx, old)
+		ttl, err := b.renew(ctx, lease)
 		switch {
 		case errors.Is(err, rpctypes.ErrLeaseNotFound):
-			return driver.Grant{}, distlock.ErrNotHeld // expired or revoked: the key went with it
+			return driver.Grant{}, distlock.ErrNotHeld // expired or revoked: the entry went with it
 		case err != nil:
 			return driver.Grant{}, b.unavailable("lease keep-alive", err)
 		}
-		b.refreshed(k, old, t)
+		b.refreshed(q, lease, t)
 		if ttl >= secs {
-			return driver.Grant{TTL: time.Duration(ttl) * time.Second, Fence: uint64(cur.fence)}, nil
+			return driver.Grant{TTL: time.Duration(ttl) * time.Second, Fence: uint64(fence)}, nil
 		}
 	}
-	// The lease is shorter than ttl (or the key has none): move the key to
-	// a new lease, only if token still holds it on the same lease.
 	l, spare, err := b.lease(ctx, secs)
 	if err != nil {
 		return driver.Grant{}, err
 	}
+	entry, val := string(kv.Key), lockValue(token, fence)
 	tr, err := b.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.Value(k), "=", cur.value), clientv3.Compare(clientv3.CreateRevision(k), "=", cur.createRev),
-			clientv3.Compare(clientv3.LeaseValue(k), "=", old)).
-		Then(clientv3.OpPut(k, cur.value, clientv3.WithLease(l.id))).Commit()
+		If(clientv3.Compare(clientv3.Value(entry), "=", string(kv.Value)), clientv3.Compare(clientv3.CreateRevision(entry), "=", kv.CreateRevision),
+			clientv3.Compare(clientv3.LeaseValue(entry), "=", lease)).
+		Then(clientv3.OpPut(entry, val, clientv3.WithLease(l.id))).Commit()
 	if err != nil {
 		return driver.Grant{}, b.unavailable("txn", err)
 	}
@@ -549,87 +678,100 @@ func (b *Backend) Extend(ctx context.Context, key, token string, ttl time.Durati
 		}
 		l.ttl, l.fresh = ttl, t
 	}
-	b.granted(k, &grant{token: token, value: cur.value, createRev: cur.createRev, fence: cur.fence, rev: tr.Header.Revision,
-		lease: l.id, secs: secs, ttl: l.ttl, fresh: l.fresh}, old)
-	return driver.Grant{TTL: time.Duration(l.ttl) * time.Second, Fence: uint64(cur.fence)}, nil
+	b.granted(q, &grant{token: token, entry: entry, value: val, createRev: kv.CreateRevision, fence: fence, rev: tr.Header.Revision,
+		lease: l.id, secs: secs, ttl: l.ttl, fresh: l.fresh}, lease)
+	return driver.Grant{TTL: time.Duration(l.ttl) * time.Second, Fence: uint64(fence)}, nil
 }
 
-func (b *Backend) refreshed(k string, lease clientv3.LeaseID, t time.Time) {
+func (b *Backend) refreshed(q string, lease clientv3.LeaseID, t time.Time) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if g := b.grants[k]; g != nil && g.lease == lease && t.After(g.fresh) {
+	if g := b.grants[q]; g != nil && g.lease == lease && t.After(g.fresh) {
 		g.fresh = t
 	}
 }
 
-// Release implements driver.Backend: one transaction deletes the key if
-// token holds it. The lease, keyless now, is kept for the next grant when
-// it is ours; otherwise it expires.
+// Release implements driver.Backend: one transaction deletes token's
+// entry if it is the first, and touches the next entry (a put that
+// changes neither its value nor its lease) so that its waiter's fence is
+// the release's revision, above every earlier grant's. A read of the
+// first two entries comes first, unless the grant was made here without
+// waiting: then a transaction that finds others queued behind it reads
+// them instead of deleting. The lease, keyless now, is kept for the
+// next grant when it is ours; otherwise it expires.
 func (b *Backend) Release(ctx context.Context, key, token string) error {
 	ctx, cancel := b.reqCtx(ctx)
 	defer cancel()
-	k := b.prefix + key
-	b.releasing(k, token, +1)
-	ops := []clientv3.Op{clientv3.OpDelete(k, clientv3.WithPrevKV())}
-	// An entry of this backend left in the key's line for a waiter that
-	// never came leaves with the release, in the same write.
-	entry := b.takeIdleEntry(k)
-	if entry != "" {
-		ops = append(ops, clientv3.OpDelete(entry))
+	q := QueuePrefix(b.prefix, key)
+	b.releasing(q, token, +1)
+	lease, err := b.release(ctx, q, token)
+	if err != nil {
+		b.releasing(q, token, -1)
+		return err
 	}
-	resp, err := b.cli.Txn(ctx).If(holds(k, token)...).Then(ops...).Commit()
-	if err != nil || !resp.Succeeded {
-		b.releasing(k, token, -1)
-		if entry != "" {
-			b.mu.Lock()
-			b.leaveLocked(entry)
-			b.mu.Unlock()
-		}
-		if err != nil {
-			return b.unavailable("txn", err)
-		}
-		return distlock.ErrNotHeld
-	}
-	var prevLease clientv3.LeaseID
-	if dr := resp.Responses[0].GetResponseDeleteRange(); dr != nil && len(dr.PrevKvs) > 0 {
-		prevLease = clientv3.LeaseID(dr.PrevKvs[0].Lease)
-	}
-	b.released(k, token, prevLease, resp.Header.Revision)
+	b.released(q, token, lease)
 	return nil
 }
 
-// released forgets the grant, keeps its lease as a spare and ends the
-// loss watchers of token on k without reporting a loss.
-func (b *Backend) released(k, token string, lease clientv3.LeaseID, rev int64) {
+func (b *Backend) release(ctx context.Context, q, token string) (clientv3.LeaseID, error) {
+	var kvs []*mvccpb.KeyValue // the first two entries, as last seen
+	alone := false             // kvs[0] is a grant made here without waiting: try it alone
+	b.mu.Lock()
+	if g := b.grants[q]; g != nil && g.token == token && !g.queued {
+		kvs, alone = []*mvccpb.KeyValue{{Key: []byte(g.entry), Value: []byte(g.value), CreateRevision: g.createRev, Lease: int64(g.lease)}}, true
+	}
+	b.mu.Unlock()
+	firstTwo := clientv3.OpGet(q, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend), clientv3.WithLimit(2))
+	for try := 0; ; try++ {
+		if kvs == nil {
+			resp, err := b.cli.Do(ctx, firstTwo)
+			if err != nil {
+				return 0, b.unavailable("get", err)
+			}
+			kvs = resp.Get().Kvs
+		}
+		if len(kvs) == 0 || tokenOf(kvs[0].Value) != token {
+			return 0, distlock.ErrNotHeld
+		}
+		first := string(kvs[0].Key)
+		cmps := []clientv3.Cmp{clientv3.Compare(clientv3.Value(first), "=", string(kvs[0].Value)),
+			clientv3.Compare(clientv3.CreateRevision(first), "=", kvs[0].CreateRevision)}
+		if alone {
+			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(q), "<", kvs[0].CreateRevision+1).WithPrefix())
+		}
+		ops := []clientv3.Op{clientv3.OpDelete(first)}
+		if len(kvs) > 1 {
+			next := string(kvs[1].Key)
+			ops = append(ops, clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(next), "=", kvs[1].CreateRevision)},
+				[]clientv3.Op{clientv3.OpPut(next, "", clientv3.WithIgnoreValue(), clientv3.WithIgnoreLease())}, nil))
+		}
+		resp, err := b.cli.Txn(ctx).If(cmps...).Then(ops...).Else(firstTwo).Commit()
+		if err != nil {
+			return 0, b.unavailable("txn", err)
+		}
+		if resp.Succeeded {
+			return clientv3.LeaseID(kvs[0].Lease), nil
+		}
+		if try >= 2 {
+			return 0, b.unavailable("txn", errors.New("the holder's entry keeps changing"))
+		}
+		kvs, alone = resp.Responses[0].GetResponseRange().GetKvs(), false
+	}
+}
+
+// released forgets the grant and keeps its lease as a spare.
+func (b *Backend) released(q, token string, lease clientv3.LeaseID) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if g := b.grants[k]; g != nil && g.token == token {
-		delete(b.grants, k)
+	if g := b.grants[q]; g != nil && g.token == token {
+		delete(b.grants, q)
 		if lease != clientv3.NoLease && g.lease == lease {
 			b.putSpareLocked(g.secs, spareLease{id: g.lease, ttl: g.ttl, fresh: g.fresh})
 		}
 	}
-	if h := b.hubs[k]; h != nil {
-		for w := range h.losses {
-			if w.token == token {
-				w.released = true
-			}
-		}
-		// The key is free as of rev: tell the waiters here now rather
-		// than when the watch reports it.
-		if h.known && rev > h.rev {
-			b.freedLocked(h)
-			h.line.stale = true
-			h.rev, h.present, h.token, h.fence = rev, false, "", 0
-			for w := range h.losses {
-				checkLoss(h, w)
-			}
-			wakeAll(h)
-		}
-	}
 }
 
-// Close implements driver.Backend: it stops the watches and, if the
+// Close implements driver.Backend: it stops the loss watches and, if the
 // backend was opened from a URL, closes its client. Spare leases are left
 // to expire (they hold no keys).
 func (b *Backend) Close() error {
@@ -640,18 +782,21 @@ func (b *Backend) Close() error {
 	}
 	b.closed = true
 	b.pool, b.pooled = map[int64][]spareLease{}, 0
-	sess := b.sess
-	for _, h := range b.hubs {
-		if h.refs == 0 {
-			b.endLocked(h)
-		}
-	}
 	b.mu.Unlock()
 	b.cancel()
 	b.wg.Wait()
-	b.revokeSession(sess)
 	if b.ownClient {
 		return b.cli.Close()
 	}
 	return nil
+}
+
+// renew refreshes lease id and returns its TTL in seconds; the lease lives
+// at least that long after the moment renew was called.
+func (b *Backend) renew(ctx context.Context, id clientv3.LeaseID) (int64, error) {
+	ka, err := b.cli.KeepAliveOnce(ctx, id)
+	if err != nil {
+		return 0, err
+	}
+	return ka.TTL, nil
 }

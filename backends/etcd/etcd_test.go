@@ -40,6 +40,17 @@ func open(t testing.TB, srv *distlocktest.EtcdServer, opts ...distlock.Option) *
 	return m
 }
 
+// queueLen counts the entries (holder and waiters) in the queue of key
+// (default prefix).
+func queueLen(t testing.TB, cli *clientv3.Client, key string) int64 {
+	t.Helper()
+	resp, err := cli.Get(context.Background(), etcd.QueuePrefix(etcd.DefaultPrefix, key), clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.Count
+}
+
 func ctxT(t testing.TB, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
@@ -105,7 +116,7 @@ func TestReacquireNoGap(t *testing.T) {
 
 	wctx, wcancel := context.WithCancel(ctx)
 	defer wcancel()
-	wch := cli.Watch(wctx, etcd.DefaultPrefix+"re", clientv3.WithCreatedNotify())
+	wch := cli.Watch(wctx, etcd.QueuePrefix(etcd.DefaultPrefix, "re"), clientv3.WithPrefix(), clientv3.WithCreatedNotify())
 	<-wch // created
 
 	l, err := m.Lock(ctx, "re", time.Second, distlock.WithToken("tok"))
@@ -122,7 +133,7 @@ func TestReacquireNoGap(t *testing.T) {
 			t.Fatalf("re-acquire changed the fence: %d → %d", l.Fence(), l2.Fence())
 		}
 		// The key now lives on a lease of at least ttl.
-		resp, err := cli.Get(ctx, etcd.DefaultPrefix+"re")
+		resp, err := cli.Get(ctx, etcd.QueuePrefix(etcd.DefaultPrefix, "re"), clientv3.WithFirstCreate()...)
 		if err != nil || len(resp.Kvs) != 1 {
 			t.Fatalf("get: %v %v", resp, err)
 		}
@@ -172,7 +183,7 @@ func TestExtend(t *testing.T) {
 	if err := m.Extend(ctx, "ext", tok, 3*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	resp, err := cli.Get(ctx, etcd.DefaultPrefix+"ext")
+	resp, err := cli.Get(ctx, etcd.QueuePrefix(etcd.DefaultPrefix, "ext"), clientv3.WithFirstCreate()...)
 	if err != nil || len(resp.Kvs) != 1 {
 		t.Fatal(resp, err)
 	}
@@ -187,7 +198,7 @@ func TestExtend(t *testing.T) {
 	if err := m.Extend(ctx, "ext", tok, time.Second); !errors.Is(err, distlock.ErrNotHeld) {
 		t.Fatalf("extend after revoke: %v", err)
 	}
-	if resp, _ := cli.Get(ctx, etcd.DefaultPrefix+"ext"); len(resp.Kvs) != 0 {
+	if resp, _ := cli.Get(ctx, etcd.QueuePrefix(etcd.DefaultPrefix, "ext"), clientv3.WithFirstCreate()...); len(resp.Kvs) != 0 {
 		t.Fatal("extend re-created the key")
 	}
 }
@@ -258,7 +269,7 @@ func TestWaitWakesOnRelease(t *testing.T) {
 	}()
 	// Waiting, it has joined the key's line.
 	admin := newClient(t, srv.Endpoints)
-	testwait.For(t, 10*time.Second, "the waiter to queue", func() bool { return lineLen(t, admin, "w") == 1 })
+	testwait.For(t, 10*time.Second, "the waiter to queue", func() bool { return queueLen(t, admin, "w") == 2 })
 	released := time.Now()
 	if err := a.Release(ctx, "w", tok); err != nil {
 		t.Fatal(err)
@@ -317,14 +328,14 @@ func TestLossWatcher(t *testing.T) {
 	cli := newClient(t, srv.Endpoints)
 	m := open(t, srv)
 	ctx := ctxT(t, 20*time.Second)
-	k := etcd.DefaultPrefix + "loss"
+	k := etcd.QueuePrefix(etcd.DefaultPrefix, "loss")
 
 	// Deleted by hand.
 	l, err := m.Lock(ctx, "loss", 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := cli.Delete(ctx, k); err != nil {
+	if _, err := cli.Delete(ctx, k, clientv3.WithPrefix()); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -341,7 +352,7 @@ func TestLossWatcher(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, err := cli.Get(ctx, k)
+	resp, err := cli.Get(ctx, k, clientv3.WithFirstCreate()...)
 	if err != nil || len(resp.Kvs) != 1 {
 		t.Fatal(resp, err)
 	}

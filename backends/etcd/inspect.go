@@ -10,30 +10,35 @@ import (
 
 var _ driver.Inspector = (*Backend)(nil)
 
-// Inspect implements driver.Inspector with a linearizable read of the key
-// and, if it is held, a TimeToLive of its lease: no write, no keep-alive.
-// TTL is in whole seconds as etcd counts them (at least 1s while the lease
-// lives); Fence is the grant's fencing number.
+// Inspect implements driver.Inspector with one read of the key's queue
+// (its first entry and the number of entries) and, if it is held, a
+// TimeToLive of the holder's lease: no write, no keep-alive. TTL is in
+// whole seconds as etcd counts them (at least 1s while the lease lives);
+// Waiters counts the entries behind the holder's.
 func (b *Backend) Inspect(ctx context.Context, key string) (driver.LockInfo, error) {
 	ctx, cancel := b.reqCtx(ctx)
 	defer cancel()
-	resp, err := b.cli.Get(ctx, b.prefix+key)
+	q := QueuePrefix(b.prefix, key)
+	resp, err := b.cli.Txn(ctx).Then(clientv3.OpGet(q, clientv3.WithFirstCreate()...),
+		clientv3.OpGet(q, clientv3.WithPrefix(), clientv3.WithCountOnly())).Commit()
 	if err != nil {
 		return driver.LockInfo{}, b.unavailable("get", err)
 	}
-	if len(resp.Kvs) == 0 {
+	kvs := resp.Responses[0].GetResponseRange().GetKvs()
+	if len(kvs) == 0 {
 		return driver.LockInfo{}, nil
 	}
-	cur := heldBy(resp.Kvs[0])
-	info := driver.LockInfo{Held: true, Fence: uint64(max(cur.fence, 0)), Holder: cur.token}
-	if cur.lease == clientv3.NoLease {
+	lease := clientv3.LeaseID(kvs[0].Lease)
+	info := driver.LockInfo{Held: true, Fence: uint64(max(fenceOf(kvs[0]), 0)), Holder: tokenOf(kvs[0].Value),
+		Waiters: int(resp.Responses[1].GetResponseRange().GetCount()) - 1}
+	if lease == clientv3.NoLease {
 		return info, nil // no lease: no expiry (not a key this package wrote)
 	}
-	tr, err := b.cli.TimeToLive(ctx, cur.lease)
+	tr, err := b.cli.TimeToLive(ctx, lease)
 	if err != nil {
 		return driver.LockInfo{}, b.unavailable("lease time-to-live", err)
 	}
-	if tr.TTL < 0 { // the lease expired: the key is going with it
+	if tr.TTL < 0 { // the lease expired: the entry is going with it
 		return driver.LockInfo{}, nil
 	}
 	info.TTL = time.Duration(max(tr.TTL, 1)) * time.Second

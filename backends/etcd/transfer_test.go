@@ -26,7 +26,7 @@ func newBackend(t *testing.T, srv *distlocktest.EtcdServer) (*etcd.Backend, *cli
 func leaseTTL(t *testing.T, cli *clientv3.Client, k string) int64 {
 	t.Helper()
 	ctx := ctxT(t, 5*time.Second)
-	resp, err := cli.Get(ctx, k)
+	resp, err := cli.Get(ctx, k, clientv3.WithFirstCreate()...)
 	if err != nil || len(resp.Kvs) != 1 {
 		t.Fatalf("get %q: %v %v", k, resp, err)
 	}
@@ -47,7 +47,7 @@ func TestTransfer(t *testing.T) {
 	other, _ := newBackend(t, srv) // cross-instance: knows nothing of the grants
 	ctx := ctxT(t, 30*time.Second)
 	const key = "transfer"
-	k := etcd.DefaultPrefix + key
+	k := etcd.QueuePrefix(etcd.DefaultPrefix, key)
 
 	g1, err := b.Acquire(ctx, key, "from", 2*time.Second)
 	if err != nil {
@@ -134,7 +134,7 @@ func TestTransferExpires(t *testing.T) {
 	}
 	start := time.Now()
 	testwait.For(t, 10*time.Second, "the transferred grant to expire", func() bool {
-		resp, err := cli.Get(ctx, etcd.DefaultPrefix+"exp")
+		resp, err := cli.Get(ctx, etcd.QueuePrefix(etcd.DefaultPrefix, "exp"), clientv3.WithFirstCreate()...)
 		return err == nil && len(resp.Kvs) == 0
 	})
 	if d := time.Since(start); d > 5*time.Second {
@@ -152,12 +152,12 @@ func TestTransferNotHeld(t *testing.T) {
 	b, cli := newBackend(t, srv)
 	other, _ := newBackend(t, srv)
 	ctx := ctxT(t, 30*time.Second)
-	k := etcd.DefaultPrefix + "held"
+	k := etcd.QueuePrefix(etcd.DefaultPrefix, "held")
 	g, err := b.Acquire(ctx, "held", "holder", 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	before, err := cli.Get(ctx, k)
+	before, err := cli.Get(ctx, k, clientv3.WithFirstCreate()...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -168,7 +168,7 @@ func TestTransferNotHeld(t *testing.T) {
 			}
 		}
 	}
-	after, err := cli.Get(ctx, k)
+	after, err := cli.Get(ctx, k, clientv3.WithFirstCreate()...)
 	if err != nil || len(after.Kvs) != 1 {
 		t.Fatal(after, err)
 	}
@@ -185,7 +185,7 @@ func TestTransferNotHeld(t *testing.T) {
 			t.Fatalf("Transfer of a free key: %v", err)
 		}
 	}
-	if resp, err := cli.Get(ctx, etcd.DefaultPrefix+"free"); err != nil || len(resp.Kvs) != 0 {
+	if resp, err := cli.Get(ctx, etcd.QueuePrefix(etcd.DefaultPrefix, "free"), clientv3.WithFirstCreate()...); err != nil || len(resp.Kvs) != 0 {
 		t.Fatalf("Transfer of a free key created it: %v %v", resp, err)
 	}
 
@@ -196,7 +196,7 @@ func TestTransferNotHeld(t *testing.T) {
 	if _, err := b.Transfer(ctx, "held", "holder", "to", time.Second); !errors.Is(err, distlock.ErrNotHeld) {
 		t.Fatalf("Transfer after release: %v", err)
 	}
-	if resp, err := cli.Get(ctx, k); err != nil || len(resp.Kvs) != 0 {
+	if resp, err := cli.Get(ctx, k, clientv3.WithFirstCreate()...); err != nil || len(resp.Kvs) != 0 {
 		t.Fatalf("Transfer after release created the key: %v %v", resp, err)
 	}
 }
@@ -226,7 +226,7 @@ func TestTransferStaleGrant(t *testing.T) {
 	if _, err := other.Extend(ctx, "stale", "to", time.Second); err != nil {
 		t.Fatal(err)
 	}
-	if ttl := leaseTTL(t, cli, etcd.DefaultPrefix+"stale"); ttl < 1 {
+	if ttl := leaseTTL(t, cli, etcd.QueuePrefix(etcd.DefaultPrefix, "stale")); ttl < 1 {
 		t.Fatalf("lease TTL %d", ttl)
 	}
 }
@@ -285,7 +285,7 @@ func TestTransferLossWatch(t *testing.T) {
 	lostLast := make(chan struct{})
 	stopLast := b.WatchLoss(key, "last", func() { close(lostLast) })
 	defer stopLast()
-	if _, err := cli.Delete(ctx, etcd.DefaultPrefix+key); err != nil {
+	if _, err := cli.Delete(ctx, etcd.QueuePrefix(etcd.DefaultPrefix, key), clientv3.WithPrefix()); err != nil {
 		t.Fatal(err)
 	}
 	select {

@@ -5,10 +5,8 @@ import (
 	"testing"
 )
 
-// TestLockValue: values round-trip, and the two comparisons of holds match
-// a value exactly when its token is the one asked about — for tokens that
-// are prefixes of one another, contain the separators, digits, NUL or
-// 0xff bytes.
+// TestLockValue: values round-trip, for tokens that are prefixes of one
+// another, contain the separators, digits, NUL or 0xff bytes.
 func TestLockValue(t *testing.T) {
 	tokens := []string{
 		"a", "ab", "a;", "a:", "a;1", "1", "11", "1:a", "2:ab", ";", ":", "\x00", "a\x00", "\xff", "a\xff", "\xff\xff",
@@ -22,16 +20,9 @@ func TestLockValue(t *testing.T) {
 			if !ok || got != tok || gf != f {
 				t.Fatalf("parseValue(lockValue(%q, %d)) = %q, %d, %v", tok, f, got, gf, ok)
 			}
-			for _, asked := range tokens {
-				h := holder(asked)
-				match := v > h && v < h+"\xff" // what etcd's byte-wise comparisons do
-				if match != (asked == tok) {
-					t.Fatalf("value %q, token %q: holds = %v", v, asked, match)
-				}
-			}
 		}
 	}
-	for _, bad := range []string{"", "a", "abc", ":a;", "0:;", "01:a;", "1:a", "1:ab", "2:a;", "1:a;x", "1:a;0", "1:a;-1", "99999999999:a;"} {
+	for _, bad := range []string{"", "a", "abc", ";", "1;", "x;a", "0;a", "-1;a", "1x;a", "99999999999999999999;a"} {
 		if tok, _, ok := parseValue([]byte(bad)); ok {
 			t.Errorf("parseValue(%q) accepted, token %q", bad, tok)
 		}

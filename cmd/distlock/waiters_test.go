@@ -49,12 +49,12 @@ func TestStatusShowsWaiters(t *testing.T) {
 			info, err := holder.Inspect(ctx, key)
 			return err == nil && info.Waiters == 1
 		})
-		r := cli(t, nil, "status", "--url", url, "--key", key, "--json")
+		r := cli(t, nil, "status", "--url", url, "--key", key, "--token", "not-the-holder", "--json")
 		var out map[string]any
 		if err := json.Unmarshal([]byte(r.stdout), &out); err != nil || out["waiters"] != float64(1) {
 			t.Fatalf("status --json: %v %s", err, r)
 		}
-		r = cli(t, nil, "status", "--url", url, "--key", key)
+		r = cli(t, nil, "status", "--url", url, "--key", key, "--token", "not-the-holder")
 		if !strings.Contains(r.stdout, "waiters:      1 queued on the server") {
 			t.Fatalf("status: %s", r)
 		}
