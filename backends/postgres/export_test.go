@@ -5,12 +5,20 @@ package postgres
 // resumes them.
 func (b *Backend) Freeze() (resume func()) {
 	var fs []chan struct{}
-	for _, s := range b.sessions {
+	b.mu.Lock()
+	all := append([]*session(nil), b.sessions...)
+	for s := range b.extra {
+		b.startLocked(s)
+		all = append(all, s)
+	}
+	b.mu.Unlock()
+	for _, s := range all {
 		f := make(chan struct{})
 		select {
 		case s.freeze <- f:
 			fs = append(fs, f)
 		case <-s.closing:
+		case <-s.exited:
 		}
 	}
 	return func() {

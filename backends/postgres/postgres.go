@@ -52,10 +52,20 @@
 //
 // # Waiting and Close
 //
-// Waiters in the same Backend wake as soon as it releases a key or loses it
-// (driver.ReleaseNotifier), their attempt queued right behind the unlock;
-// waiters in other processes poll per the Manager's retry strategy. Close
-// unlocks whatever the Backend still holds, as a process exit would.
+// Waiters wait in PostgreSQL's own lock queue (driver.Queuer): AcquireWait
+// first tries the key on its holder session, as Acquire does, and if
+// another session holds it (or waiters queue for it: the server lets
+// nobody overtake them) sends a blocking pg_advisory_lock on a connection
+// of the pool. The server grants the key to its waiters one at a time, in
+// the order they queued, across every process. The connection that got
+// the key becomes a holder session of its own (TTL, heartbeat, loss
+// detection, Release, Extend and Inspect as on the others) until the key
+// is released, then goes back to the pool: size the pool for the holder
+// sessions plus one connection per key waited for at once. A wait whose
+// context ends is cancelled (pg_cancel_backend from the key's holder
+// session, or a cancel request) before AcquireWait returns, and a grant
+// that raced with it is unlocked. Close unlocks whatever the Backend still
+// holds, as a process exit would.
 //
 // # Cross-instance release
 //
@@ -69,9 +79,10 @@
 //
 // # Inspect
 //
-// Backend implements driver.Inspector: a lock held through this Backend
-// is answered from memory (held, TTL, fence); any other key with one
-// read-only query of pg_locks, which tells only whether it is held.
+// Backend implements driver.Inspector with one read-only query of
+// pg_locks: whether the key is held and how many sessions wait for it;
+// a lock held through this Backend adds its TTL, fence and holder from
+// memory.
 //
 // # Poolers and standbys
 //
@@ -103,7 +114,8 @@
 // connect_timeout (or PGCONNECT_TIMEOUT) bounds each connection and all
 // of Open; when neither is set it is DefaultConnectTimeout (5s), whatever
 // Open's context. A Backend opened from a URL owns its pool (sized to its
-// sessions) and closes it on Close.
+// sessions plus DefaultWaitConns, unless pool_max_conns is given) and
+// closes it on Close.
 package postgres
 
 import (
@@ -144,6 +156,11 @@ const (
 	DefaultSequence = "distlock_fence"
 	// DefaultOpTimeout bounds one round trip on a holder session.
 	DefaultOpTimeout = 30 * time.Second
+	// DefaultWaitConns is how many connections a Backend opened from a URL
+	// has in its pool beyond its holder sessions, unless the URL sets
+	// pool_max_conns: each waiter for a contended key (AcquireWait) uses
+	// one, and keeps it while it holds the key.
+	DefaultWaitConns = 16
 	// DefaultConnectTimeout bounds each connection attempt, and Open as a
 	// whole, when the URL has no connect_timeout (and PGCONNECT_TIMEOUT is
 	// not set).
@@ -302,12 +319,13 @@ type Backend struct {
 	cfg      config
 	sessions []*session
 	lockSQL  string
+	waitSQL  string
 
 	mu       sync.Mutex
 	locks    map[string]*held
 	ids      map[int64]*held
-	dead     map[string]*held // locks lost with their session, until their TTL passes
-	waiters  driver.ReleaseBroadcaster
+	dead     map[string]*held      // locks lost with their session, until their TTL passes
+	extra    map[*session]struct{} // sessions of locks granted by AcquireWait
 	closed   bool
 	migrated bool
 
@@ -322,10 +340,10 @@ type Backend struct {
 }
 
 var (
-	_ driver.Backend         = (*Backend)(nil)
-	_ driver.ReleaseNotifier = (*Backend)(nil)
-	_ driver.LossWatcher     = (*Backend)(nil)
-	_ driver.Inspector       = (*Backend)(nil)
+	_ driver.Backend     = (*Backend)(nil)
+	_ driver.Queuer      = (*Backend)(nil)
+	_ driver.LossWatcher = (*Backend)(nil)
+	_ driver.Inspector   = (*Backend)(nil)
 )
 
 // held is a lock this Backend holds (or is acquiring: pending).
@@ -362,8 +380,10 @@ func New(pool *pgxpool.Pool, opts ...Option) *Backend {
 		locks: map[string]*held{},
 		ids:   map[int64]*held{},
 		dead:  map[string]*held{},
+		extra: map[*session]struct{}{},
 		lockSQL: "SELECT CASE WHEN pg_try_advisory_lock($1) THEN nextval('" +
 			strings.ReplaceAll(quoteIdent(cfg.sequence), "'", "''") + "') ELSE 0 END, pg_backend_pid()",
+		waitSQL: waitSQL(cfg.sequence),
 	}
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	b.lockID = func(key string) int64 { return LockID(cfg.namespace, key) }
@@ -373,6 +393,7 @@ func New(pool *pgxpool.Pool, opts ...Option) *Backend {
 	b.sessions = make([]*session, cfg.sessions)
 	for i := range b.sessions {
 		s := newSession(b, i)
+		s.started = true
 		b.sessions[i] = s
 		b.wg.Add(1)
 		go s.run()
@@ -430,7 +451,6 @@ func (b *Backend) dropLocked(h *held, lost bool) {
 		}
 	}
 	h.watch = nil
-	b.waiters.Notify(h.key)
 }
 
 func (b *Backend) onExpiry(h *held) {
@@ -628,7 +648,7 @@ func (b *Backend) deadCheck(ctx context.Context, key, token string, local bool) 
 		return b.notOwner(ctx, key)
 	}
 	o := &op{kind: opPing, done: make(chan struct{})}
-	d.s.enqueueLocked(o)
+	b.sessionFor(d.id).enqueueLocked(o) // d.s may be a retired AcquireWait session
 	b.mu.Unlock()
 	if err := b.wait(ctx, o); err != nil {
 		return err
@@ -661,7 +681,6 @@ func (b *Backend) Capabilities() driver.Capabilities {
 func (b *Backend) Close() error {
 	b.closeOnce.Do(func() {
 		b.mu.Lock()
-		b.closed = true
 		for _, h := range b.locks {
 			if h.timer != nil {
 				h.timer.Stop()
@@ -670,8 +689,14 @@ func (b *Backend) Close() error {
 		for k := range b.dead {
 			b.forgetDeadLocked(k)
 		}
+		all := append([]*session(nil), b.sessions...)
+		for s := range b.extra {
+			b.startLocked(s) // its goroutine gives the connection back
+			all = append(all, s)
+		}
+		b.closed = true
 		b.mu.Unlock()
-		for _, s := range b.sessions {
+		for _, s := range all {
 			close(s.closing)
 		}
 		b.cancel() // ends a connect waiting on an exhausted pool
@@ -681,14 +706,6 @@ func (b *Backend) Close() error {
 		}
 	})
 	return nil
-}
-
-// SubscribeRelease implements driver.ReleaseNotifier for waiters in this
-// Backend: they wake when it releases key or loses it, and their attempt is
-// queued right behind the unlock. Waiters in other processes poll.
-func (b *Backend) SubscribeRelease(ctx context.Context, key string) (<-chan struct{}, func(), error) {
-	ch, stop := b.waiters.Subscribe(key)
-	return ch, stop, nil
 }
 
 // lossCB is one WatchLoss registration.
@@ -777,7 +794,9 @@ func openURL(ctx context.Context, u *url.URL) (driver.Backend, error) {
 	for _, o := range opts {
 		o(&cfg)
 	}
-	pc.MaxConns = int32(cfg.sessions)
+	if !q.Has("pool_max_conns") {
+		pc.MaxConns = int32(cfg.sessions + DefaultWaitConns)
+	}
 	pc.MinConns = 0
 	timeout := pc.ConnConfig.ConnectTimeout
 	if !q.Has("connect_timeout") && os.Getenv("PGCONNECT_TIMEOUT") == "" {

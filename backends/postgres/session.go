@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -19,6 +20,7 @@ const (
 	opUnlock               // pg_advisory_unlock
 	opPing                 // liveness check
 	opProbe                // is id held by another session? (read-only)
+	opCancel               // pg_cancel_backend(id): end a wait in the server's queue
 )
 
 // op is one request to a holder session. Its results are set, and done
@@ -35,6 +37,7 @@ type op struct {
 	abandoned bool // the caller stopped waiting
 	ok        bool
 	fence     uint64
+	waiters   int // opProbe
 	err       error
 }
 
@@ -55,17 +58,28 @@ type session struct {
 	wake    chan struct{} // the session goroutine has work
 	idle    chan struct{} // the connection went idle unwatched
 	closing chan struct{}
+	exited  chan struct{}      // closed when run returns
 	freeze  chan chan struct{} // tests: pause the session
 
 	held map[*held]struct{} // guarded by b.mu
 
+	// dedicated: the session of one lock granted by AcquireWait, on the
+	// connection that waited for it. It never reconnects; once the lock is
+	// gone it returns the connection to the pool and retires (guarded by
+	// b.mu), after which nothing is queued on it.
+	dedicated bool
+	retired   bool
+	started   bool        // its goroutine runs (a dedicated one starts late)
+	start     *time.Timer // starts the goroutine of a dedicated session
+
 	// execMu is held by whoever uses the connection; it guards the rest.
-	execMu   sync.Mutex
-	conn     *pgxpool.Conn
-	pid      uint32
-	lastUse  time.Time
-	watch    *watch // the background read of the idle socket, if any
-	idleSent bool
+	execMu    sync.Mutex
+	connected atomic.Bool // conn != nil, readable without execMu
+	conn      *pgxpool.Conn
+	pid       uint32
+	lastUse   time.Time
+	watch     *watch // the background read of the idle socket, if any
+	idleSent  bool
 }
 
 // watch is one background read of an idle connection.
@@ -81,6 +95,7 @@ func newSession(b *Backend, idx int) *session {
 		wake:    make(chan struct{}, 1),
 		idle:    make(chan struct{}, 1),
 		closing: make(chan struct{}),
+		exited:  make(chan struct{}),
 		freeze:  make(chan chan struct{}),
 		held:    map[*held]struct{}{},
 	}
@@ -91,7 +106,7 @@ func newSession(b *Backend, idx int) *session {
 // submit; requests nobody waits for go to the session goroutine.
 func (s *session) enqueueLocked(o *op) {
 	o.s = s
-	if s.b.closed {
+	if s.b.closed || s.retired {
 		s.b.finishLocked(s, o, 0, errClosed)
 		return
 	}
@@ -99,6 +114,7 @@ func (s *session) enqueueLocked(o *op) {
 	s.queue = append(s.queue, o)
 	s.qmu.Unlock()
 	if o.done == nil {
+		s.b.startLocked(s)
 		s.signal(s.wake)
 	}
 }
@@ -155,10 +171,48 @@ func (s *session) drain() {
 		s.idleSent = true
 		s.signal(s.idle)
 	}
+	if s.dedicated {
+		s.b.mu.Lock()
+		idle := len(s.held) == 0
+		early := idle && !s.started && !s.retired && !s.queued()
+		if early { // released before its goroutine started: retire here
+			s.retired = true
+			s.start.Stop()
+			delete(s.b.extra, s)
+		}
+		s.b.mu.Unlock()
+		switch {
+		case early:
+			if s.conn != nil {
+				s.conn.Release() // its unlock reset idle_session_timeout
+				s.conn = nil
+				s.connected.Store(false)
+			}
+		case idle:
+			s.signal(s.wake) // the session goroutine retires
+		}
+	}
+}
+
+// startLocked starts the goroutine of s if it has not started (a
+// dedicated session's starts after a quiet spell, when its lock is held
+// for longer than a moment, or when work is queued for it). Called with
+// b.mu held.
+func (b *Backend) startLocked(s *session) {
+	if s.started || s.retired || (b.closed && s.dedicated) {
+		return
+	}
+	s.started = true
+	if s.start != nil {
+		s.start.Stop()
+	}
+	b.wg.Add(1)
+	go s.run()
 }
 
 func (s *session) run() {
 	defer s.b.wg.Done()
+	defer close(s.exited)
 	tick := time.NewTicker(s.b.cfg.heartbeat)
 	defer tick.Stop()
 	// The idle socket is watched only after a quiet spell: starting and
@@ -167,14 +221,15 @@ func (s *session) run() {
 	quiet := time.NewTimer(time.Hour)
 	quiet.Stop()
 	defer quiet.Stop()
+	var w *watch // the watch this goroutine started (only it starts them)
 	for {
-		s.execMu.Lock()
+		if s.dedicated && s.retire() {
+			return
+		}
 		var watchDone chan struct{}
-		w := s.watch
 		if w != nil {
 			watchDone = w.done
 		}
-		s.execMu.Unlock()
 
 		select {
 		case <-s.wake:
@@ -194,6 +249,7 @@ func (s *session) run() {
 				}
 				s.idleSent = false
 				s.startWatch()
+				w = s.watch
 			})
 		case <-tick.C:
 			s.locked(func() {
@@ -207,6 +263,7 @@ func (s *session) run() {
 			})
 		case <-watchDone:
 			s.locked(func() {
+				defer func() { w = nil }()
 				if s.watch != w {
 					return // stopped by whoever used the connection
 				}
@@ -300,6 +357,9 @@ func (s *session) heartbeat() {
 	s.b.mu.Lock()
 	idle := len(s.held) == 0
 	s.b.mu.Unlock()
+	if idle && s.dedicated {
+		return // retiring
+	}
 	if idle && time.Since(s.lastUse) >= s.b.cfg.heartbeat {
 		s.giveBack()
 		return
@@ -377,9 +437,15 @@ func (s *session) statement(o *op) (string, []any) {
 	case opLock:
 		return s.b.lockSQL, []any{o.id}
 	case opUnlock:
+		if s.dedicated { // its only lock: undo what AcquireWait set up, too
+			return "SELECT CASE WHEN set_config('idle_session_timeout', NULL, false) IS NULL THEN 0" +
+				" ELSE pg_advisory_unlock($1)::int END::int8, pg_backend_pid()", []any{o.id}
+		}
 		return "SELECT pg_advisory_unlock($1)::int::int8, pg_backend_pid()", []any{o.id}
 	case opProbe:
 		return probeSQL, probeArgs(o.id)
+	case opCancel:
+		return "SELECT pg_cancel_backend($1::int)::int::int8, pg_backend_pid()", []any{o.id}
 	}
 	return "SELECT 1::int8, pg_backend_pid()", nil
 }
@@ -424,6 +490,9 @@ func (b *Backend) finishLocked(s *session, o *op, v int64, err error) {
 	case opPing:
 		o.ok = err == nil
 	case opProbe:
+		o.ok = err == nil && v>>32 > 0
+		o.waiters = int(uint32(v))
+	case opCancel:
 		o.ok = err == nil && v > 0
 	}
 	if o.done != nil {
@@ -434,6 +503,9 @@ func (b *Backend) finishLocked(s *session, o *op, v int64, err error) {
 // connect takes a connection from the pool and sets it up as a holder
 // session.
 func (s *session) connect() error {
+	if s.dedicated {
+		return errSessionLost
+	}
 	ctx, cancel := context.WithTimeout(s.b.ctx, s.b.cfg.opTimeout)
 	defer cancel()
 	c, err := s.b.pool.Acquire(ctx)
@@ -447,6 +519,7 @@ func (s *session) connect() error {
 		return err
 	}
 	s.conn, s.pid, s.lastUse, s.idleSent = c, pid, time.Now(), false
+	s.connected.Store(true)
 	return nil
 }
 
@@ -467,6 +540,7 @@ func (s *session) lostConn() {
 	_ = s.conn.Conn().Close(ctx)
 	s.conn.Release()
 	s.conn = nil
+	s.connected.Store(false)
 }
 
 // giveBack returns an idle session (no locks) to the pool, resetting what
@@ -479,6 +553,40 @@ func (s *session) giveBack() {
 	}
 	s.conn.Release()
 	s.conn = nil
+	s.connected.Store(false)
+}
+
+// errSessionLost is the cause of a request to the retired session of a
+// lock granted by AcquireWait.
+var errSessionLost = errors.New("postgres: the session that held the lock was lost")
+
+// retire returns the connection of a dedicated session to the pool once
+// its lock is gone and nothing is queued, and reports whether it did.
+func (s *session) retire() bool {
+	s.b.mu.Lock()
+	held := len(s.held) > 0
+	s.b.mu.Unlock()
+	if held {
+		return false
+	}
+	s.execMu.Lock()
+	defer s.execMu.Unlock()
+	s.b.mu.Lock()
+	if len(s.held) > 0 || s.queued() {
+		s.b.mu.Unlock()
+		s.signal(s.wake) // serve what is queued first
+		return false
+	}
+	s.retired = true
+	delete(s.b.extra, s)
+	s.b.mu.Unlock()
+	s.stopWatch()
+	if s.conn != nil {
+		s.conn.Release() // its unlock reset idle_session_timeout
+		s.conn = nil
+		s.connected.Store(false)
+	}
+	return true
 }
 
 func (s *session) shutdown() {
