@@ -215,42 +215,6 @@ func (r *roundingBackend) Acquire(ctx context.Context, key, token string, ttl ti
 	return r.Backend.Acquire(ctx, key, token, ttl)
 }
 
-func TestReleaseBroadcaster(t *testing.T) {
-	var r driver.ReleaseBroadcaster
-	a, stopA := r.Subscribe("k")
-	b, stopB := r.Subscribe("k")
-	other, stopOther := r.Subscribe("other")
-	defer stopOther()
-	r.Notify("k")
-	r.Notify("k") // never blocks, even with a full buffer
-	for name, ch := range map[string]<-chan struct{}{"a": a, "b": b} {
-		select {
-		case <-ch:
-		default:
-			t.Fatalf("subscriber %s not woken", name)
-		}
-	}
-	select {
-	case <-other:
-		t.Fatal("subscriber of another key woken")
-	default:
-	}
-	stopA()
-	r.Notify("k")
-	select {
-	case <-a:
-		t.Fatal("woken after stop")
-	default:
-	}
-	select {
-	case <-b:
-	default:
-		t.Fatal("remaining subscriber not woken")
-	}
-	stopB()
-}
-
-// An Extend to a longer TTL must not be undone by later auto-renewals.
 func TestAutoRenewKeepsExtendedTTL(t *testing.T) {
 	b := &ttlRecorder{Backend: memory.NewStore().Backend()}
 	m := distlock.New(b, distlock.WithRenewFraction(0.1))

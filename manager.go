@@ -20,7 +20,6 @@ import (
 type Manager struct {
 	b          driver.Backend
 	caps       Capabilities
-	notifier   driver.ReleaseNotifier
 	watcher    driver.LossWatcher
 	transferer driver.Transferer
 	queuer     driver.Queuer
@@ -59,7 +58,6 @@ func New(b driver.Backend, opts ...Option) *Manager {
 		closing: make(chan struct{}),
 	}
 	m.closeCtx, m.endAll = context.WithCancel(context.Background())
-	m.notifier, _ = b.(driver.ReleaseNotifier)
 	m.watcher, _ = b.(driver.LossWatcher)
 	m.transferer, _ = b.(driver.Transferer)
 	m.queuer, _ = b.(driver.Queuer)
@@ -132,15 +130,10 @@ func (m *Manager) acquire(ctx context.Context, key string, ttl time.Duration, to
 	var (
 		start = time.Now()
 		held  bool // some attempt of this call found the key held
-		sub   <-chan struct{}
-		unsub func()
 		timer *time.Timer
 		w     *waiter // this call's place in key's line, once it waits
 	)
 	defer func() {
-		if unsub != nil {
-			unsub()
-		}
 		if timer != nil {
 			timer.Stop()
 		}
@@ -220,17 +213,6 @@ func (m *Manager) acquire(ctx context.Context, key string, ttl time.Duration, to
 		d = max(d, MinRetryDelay)
 		if kind == ErrNotAcquired && w == nil {
 			w = m.enqueue(key, token, ttl)
-			head = m.isHead(w)
-		}
-		if head && kind == ErrNotAcquired && sub == nil && m.notifier != nil {
-			// Subscribe, then look once more before waiting, so a release
-			// between the failed attempt and the subscription is not
-			// missed. The re-check is not counted as an attempt.
-			if c, stop, serr := m.notifier.SubscribeRelease(ctx, key); serr == nil {
-				sub, unsub = c, stop
-				attempt--
-				continue
-			}
 		}
 		if timer == nil {
 			timer = time.NewTimer(d)
@@ -251,7 +233,6 @@ func (m *Manager) acquire(ctx context.Context, key string, ttl time.Duration, to
 				return token, h.g, h.t0, nil
 			}
 		case <-timer.C:
-		case <-sub:
 		case <-wake:
 		}
 	}

@@ -14,7 +14,6 @@ package driver
 
 import (
 	"context"
-	"sync"
 	"time"
 )
 
@@ -93,18 +92,6 @@ func (c Capabilities) RoundTTL(ttl time.Duration) time.Duration {
 		ttl = (ttl/g + 1) * g
 	}
 	return ttl
-}
-
-// ReleaseNotifier is implemented by backends that can wake waiters when a
-// key is released, instead of leaving them to poll.
-type ReleaseNotifier interface {
-	// SubscribeRelease returns a channel that receives a value (sends never
-	// block; the channel is never closed) when key may have become free,
-	// and a function that ends the subscription. The Manager subscribes
-	// before it retries, so a release between a failed attempt and the
-	// wait is not missed; it still polls per its retry strategy in case a
-	// notification is lost.
-	SubscribeRelease(ctx context.Context, key string) (<-chan struct{}, func(), error)
 }
 
 // Queuer is implemented by backends whose server can queue the waiters of
@@ -189,48 +176,4 @@ type LockInfo struct {
 	// the backend is a Queuer (in every process, the holder not counted);
 	// zero otherwise.
 	Waiters int
-}
-
-// ReleaseBroadcaster wakes the waiters of a key when it may have been
-// released. Backends that learn of releases — their own, or through a
-// server notification — use it to implement ReleaseNotifier. The zero value
-// is ready to use; it is safe for concurrent use.
-type ReleaseBroadcaster struct {
-	mu   sync.Mutex
-	subs map[string]map[chan struct{}]struct{}
-}
-
-// Subscribe returns a channel that receives (without ever blocking Notify)
-// each time key is notified, and a function that ends the subscription.
-func (r *ReleaseBroadcaster) Subscribe(key string) (<-chan struct{}, func()) {
-	ch := make(chan struct{}, 1)
-	r.mu.Lock()
-	if r.subs == nil {
-		r.subs = map[string]map[chan struct{}]struct{}{}
-	}
-	if r.subs[key] == nil {
-		r.subs[key] = map[chan struct{}]struct{}{}
-	}
-	r.subs[key][ch] = struct{}{}
-	r.mu.Unlock()
-	return ch, func() {
-		r.mu.Lock()
-		delete(r.subs[key], ch)
-		if len(r.subs[key]) == 0 {
-			delete(r.subs, key)
-		}
-		r.mu.Unlock()
-	}
-}
-
-// Notify wakes every subscriber of key.
-func (r *ReleaseBroadcaster) Notify(key string) {
-	r.mu.Lock()
-	for ch := range r.subs[key] {
-		select {
-		case ch <- struct{}{}:
-		default:
-		}
-	}
-	r.mu.Unlock()
 }
