@@ -144,18 +144,39 @@ func (m *Manager) removeLocked(key string, w *waiter) {
 // w.token and the caller must keep or release it.
 func (m *Manager) leave(key string, w *waiter) *handoff {
 	m.qmu.Lock()
+	defer m.qmu.Unlock()
+	h := m.settleLocked(w)
+	if h == nil {
+		m.removeLocked(key, w)
+	}
+	return h
+}
+
+// settleLocked waits (releasing qmu meanwhile) for a transfer to w under
+// way to end, and returns its grant if it landed (w has then left the
+// line). Called with qmu held.
+func (m *Manager) settleLocked(w *waiter) *handoff {
 	for w.inflight != nil {
 		ch := w.inflight
 		m.qmu.Unlock()
 		<-ch
 		m.qmu.Lock()
 	}
-	h := w.granted
-	if h == nil {
-		m.removeLocked(key, w)
+	return w.granted
+}
+
+// giveUp ends an acquire without the lock: w (if any) leaves key's line,
+// and a grant a transfer handed it meanwhile is passed on.
+func (m *Manager) giveUp(ctx context.Context, op, key, token string, ttl time.Duration, w *waiter, kind, c error) (string, driver.Grant, time.Time, error) {
+	if w != nil && m.leave(key, w) != nil {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), max(ttl, time.Second))
+		_ = m.release(rctx, key, token)
+		cancel()
 	}
-	m.qmu.Unlock()
-	return h
+	if kind == ErrUnavailable {
+		c = m.annotate(c)
+	}
+	return "", driver.Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: kind, Err: c}
 }
 
 // takeGrant returns the transferred grant of w, if one landed.

@@ -141,15 +141,7 @@ func (m *Manager) acquire(ctx context.Context, key string, ttl time.Duration, to
 	// fail ends the call without the lock. A waiter leaves the line first;
 	// a release that handed it the key meanwhile is passed on.
 	fail := func(kind, c error) (string, driver.Grant, time.Time, error) {
-		if w != nil && m.leave(key, w) != nil {
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), max(ttl, time.Second))
-			_ = m.release(rctx, key, token)
-			cancel()
-		}
-		if kind == ErrUnavailable {
-			c = m.annotate(c)
-		}
-		return "", driver.Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: kind, Err: c}
+		return m.giveUp(ctx, op, key, token, ttl, w, kind, c)
 	}
 	ctxEnded := func(err, kind, cerr error) (string, driver.Grant, time.Time, error) {
 		if held {

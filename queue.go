@@ -69,16 +69,7 @@ func (m *Manager) acquireQueued(ctx context.Context, key string, ttl time.Durati
 		}
 	}()
 	fail := func(kind, c error) (string, driver.Grant, time.Time, error) {
-		if w != nil && m.leave(key, w) != nil {
-			// A transfer handed w the key as it gave up: pass it on.
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), max(ttl, time.Second))
-			_ = m.release(rctx, key, token)
-			cancel()
-		}
-		if kind == ErrUnavailable {
-			c = m.annotate(c)
-		}
-		return "", driver.Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: kind, Err: c}
+		return m.giveUp(ctx, op, key, token, ttl, w, kind, c)
 	}
 	ended := func(cerr error) (string, driver.Grant, time.Time, error) {
 		if !waited && lastErr != nil {
@@ -308,12 +299,6 @@ func (m *Manager) setWaitCancel(w *waiter, cancel context.CancelFunc) bool {
 // if it landed (w has then left the line).
 func (m *Manager) settle(w *waiter) *handoff {
 	m.qmu.Lock()
-	for w.inflight != nil {
-		ch := w.inflight
-		m.qmu.Unlock()
-		<-ch
-		m.qmu.Lock()
-	}
 	defer m.qmu.Unlock()
-	return w.granted
+	return m.settleLocked(w)
 }
