@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/distlock/distlock"
+	_ "github.com/distlock/distlock/backends/etcd" // etcd:// for the etcd rows
 	"github.com/distlock/distlock/backends/memory"
 	"github.com/distlock/distlock/distlocktest"
 )
@@ -24,6 +25,7 @@ import (
 //
 //	go test -run '^$' -bench 'HeldLock/memory' -benchtime 20000x -count 3 -benchmem .
 //	go test -run '^$' -bench 'HeldLock/redis' -benchtime 8192x -count 3 -benchmem .
+//	go test -run '^$' -bench 'HeldLock/etcd' -benchtime 4096x -benchmem .
 func BenchmarkHeldLock(b *testing.B) {
 	const ttl = time.Minute // long enough that no renewal runs while measuring
 	rows := []struct {
@@ -54,6 +56,16 @@ func BenchmarkHeldLock(b *testing.B) {
 	}{
 		{"memory", func(*testing.B) func() *distlock.Manager {
 			return func() *distlock.Manager { return memory.NewManager() }
+		}},
+		{"etcd", func(b *testing.B) func() *distlock.Manager {
+			url := distlocktest.Etcd(b)
+			return func() *distlock.Manager {
+				m, err := distlock.Open(context.Background(), url)
+				if err != nil {
+					b.Fatal(err)
+				}
+				return m
+			}
 		}},
 		{"redis", func(b *testing.B) func() *distlock.Manager {
 			url := distlocktest.Redis(b)

@@ -94,8 +94,11 @@ func WithRequestTimeout(d time.Duration) Option {
 }
 
 // Backend is the etcd implementation of driver.Backend. It also
-// implements driver.Queuer, driver.LossWatcher, driver.Transferer and
-// driver.Inspector. It is safe for concurrent use.
+// implements driver.Queuer, driver.Transferer and driver.Inspector. It is
+// not a driver.LossWatcher: a held Lock costs no watch and no goroutine,
+// and learns of a loss (its entry deleted, its lease revoked) at its next
+// renewal or at its expiry, as etcd's own concurrency.Mutex does at best.
+// It is safe for concurrent use.
 type Backend struct {
 	cli        *clientv3.Client
 	ownClient  bool
@@ -115,8 +118,6 @@ type Backend struct {
 	pooled  int
 	grants  map[string]*grant // by queue prefix: the last grant made here
 	sweepAt int
-	losses  map[string]map[*lossWatch]struct{} // by queue prefix
-
 }
 
 // spareLease is a lease of ours that has no key attached: reused by the
@@ -143,10 +144,9 @@ type grant struct {
 }
 
 var (
-	_ driver.Backend     = (*Backend)(nil)
-	_ driver.Queuer      = (*Backend)(nil)
-	_ driver.LossWatcher = (*Backend)(nil)
-	_ driver.Transferer  = (*Backend)(nil)
+	_ driver.Backend    = (*Backend)(nil)
+	_ driver.Queuer     = (*Backend)(nil)
+	_ driver.Transferer = (*Backend)(nil)
 )
 
 const (
@@ -182,7 +182,6 @@ func New(cli *clientv3.Client, opts ...Option) *Backend {
 		pool:       map[int64][]spareLease{},
 		grants:     map[string]*grant{},
 		sweepAt:    1024,
-		losses:     map[string]map[*lossWatch]struct{}{},
 	}
 }
 
@@ -703,10 +702,8 @@ func (b *Backend) Release(ctx context.Context, key, token string) error {
 	ctx, cancel := b.reqCtx(ctx)
 	defer cancel()
 	q := QueuePrefix(b.prefix, key)
-	b.releasing(q, token, +1)
 	lease, err := b.release(ctx, q, token)
 	if err != nil {
-		b.releasing(q, token, -1)
 		return err
 	}
 	b.released(q, token, lease)

@@ -323,32 +323,40 @@ func TestContendedNoHerd(t *testing.T) {
 	wg.Wait()
 }
 
-func TestLossWatcher(t *testing.T) {
+// TestLossAtRenewal: a held Lock keeps no watch; its loss (the entry
+// deleted by hand, the lease revoked) is noticed at its next renewal, a
+// third of the TTL later, and a release by its holder is never a loss.
+func TestLossAtRenewal(t *testing.T) {
 	srv := distlocktest.StartEtcd(t)
 	cli := newClient(t, srv.Endpoints)
 	m := open(t, srv)
-	ctx := ctxT(t, 20*time.Second)
+	ctx := ctxT(t, 40*time.Second)
 	k := etcd.QueuePrefix(etcd.DefaultPrefix, "loss")
+	const ttl = 3 * time.Second
+	lostWithin := func(l *distlock.Lock, what string) {
+		t.Helper()
+		select {
+		case <-l.Done():
+			if !errors.Is(l.Err(), distlock.ErrLockLost) {
+				t.Fatalf("%s: Err() = %v", what, l.Err())
+			}
+		case <-time.After(ttl + 2*time.Second):
+			t.Fatalf("%s not reported within the TTL", what)
+		}
+	}
 
 	// Deleted by hand.
-	l, err := m.Lock(ctx, "loss", 10*time.Second)
+	l, err := m.Lock(ctx, "loss", ttl, distlock.WithAutoRenew())
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := cli.Delete(ctx, k, clientv3.WithPrefix()); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case <-l.Done():
-		if !errors.Is(l.Err(), distlock.ErrLockLost) {
-			t.Fatalf("Err() = %v", l.Err())
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("deletion not reported")
-	}
+	lostWithin(l, "deletion")
 
 	// Lease revoked.
-	l, err = m.Lock(ctx, "loss", 10*time.Second)
+	l, err = m.Lock(ctx, "loss", ttl, distlock.WithAutoRenew())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -359,11 +367,7 @@ func TestLossWatcher(t *testing.T) {
 	if _, err := cli.Revoke(ctx, clientv3.LeaseID(resp.Kvs[0].Lease)); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case <-l.Done():
-	case <-time.After(5 * time.Second):
-		t.Fatal("revocation not reported")
-	}
+	lostWithin(l, "revocation")
 
 	// Released by its holder, many times: never reported as lost; and a
 	// re-acquire with the same token is not a loss either.
@@ -383,7 +387,7 @@ func TestLossWatcher(t *testing.T) {
 		}
 	}
 
-	// Expired (no renewal): the handle learns it from the watch or its timer.
+	// Expired (no renewal): the handle's own timer.
 	l, err = m.Lock(ctx, "loss", time.Second)
 	if err != nil {
 		t.Fatal(err)

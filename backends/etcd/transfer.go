@@ -113,7 +113,6 @@ func (b *Backend) Transfer(ctx context.Context, key, from, to string, ttl time.D
 		if refresh {
 			refreshed = b.renewAsync(ctx, l.id)
 		}
-		b.releasing(q, from, +1)
 		resp, err := b.cli.Txn(ctx).If(clientv3.Compare(clientv3.Value(entry), "=", string(kv.Value)),
 			clientv3.Compare(clientv3.CreateRevision(entry), "=", kv.CreateRevision)).
 			Then(clientv3.OpPut(entry, val, clientv3.WithLease(l.id))).Commit()
@@ -122,7 +121,6 @@ func (b *Backend) Transfer(ctx context.Context, key, from, to string, ttl time.D
 			r = <-refreshed
 		}
 		if err != nil || !resp.Succeeded {
-			b.releasing(q, from, -1)
 			if !reuse {
 				b.putSpare(secs, l)
 			}
