@@ -57,26 +57,8 @@ func BenchmarkHeldLock(b *testing.B) {
 		{"memory", func(*testing.B) func() *distlock.Manager {
 			return func() *distlock.Manager { return memory.NewManager() }
 		}},
-		{"etcd", func(b *testing.B) func() *distlock.Manager {
-			url := distlocktest.Etcd(b)
-			return func() *distlock.Manager {
-				m, err := distlock.Open(context.Background(), url)
-				if err != nil {
-					b.Fatal(err)
-				}
-				return m
-			}
-		}},
-		{"redis", func(b *testing.B) func() *distlock.Manager {
-			url := distlocktest.Redis(b)
-			return func() *distlock.Manager {
-				m, err := distlock.Open(context.Background(), url)
-				if err != nil {
-					b.Fatal(err)
-				}
-				return m
-			}
-		}},
+		{"etcd", func(b *testing.B) func() *distlock.Manager { return opener(b, distlocktest.Etcd(b)) }},
+		{"redis", func(b *testing.B) func() *distlock.Manager { return opener(b, distlocktest.Redis(b)) }},
 	}
 	for _, be := range backends {
 		b.Run(be.name, func(b *testing.B) {
@@ -85,6 +67,17 @@ func BenchmarkHeldLock(b *testing.B) {
 				b.Run(row.name, func(b *testing.B) { benchHeld(b, newManager, keys, row.hold) })
 			}
 		})
+	}
+}
+
+// opener returns a function that opens a new Manager on url.
+func opener(b *testing.B, url string) func() *distlock.Manager {
+	return func() *distlock.Manager {
+		m, err := distlock.Open(context.Background(), url)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return m
 	}
 }
 
