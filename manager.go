@@ -234,6 +234,9 @@ func (m *Manager) acquire(ctx context.Context, key string, ttl time.Duration, to
 // its context may have left behind.
 const abandonTimeout = 2 * time.Second
 
+// abandonRecheck is when that release is sent a second time.
+const abandonRecheck = 250 * time.Millisecond
+
 // dropAbandoned releases token's grant of key in the background: the
 // Acquire that tried it ended with its context while the request was in
 // flight, so the server may have granted it after all, to a token nobody
@@ -251,6 +254,18 @@ func (m *Manager) dropAbandoned(ctx context.Context, key, token string) {
 		defer m.wg.Done()
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), abandonTimeout)
 		defer cancel()
+		_ = m.release(rctx, key, token)
+		// A request of the cut-off attempt may still be in flight on
+		// another connection (go-redsync sends one per Redlock master)
+		// and land after that release: release once more, later. The
+		// token was generated for that call alone, so no later grant can
+		// carry it.
+		t := time.NewTimer(abandonRecheck)
+		select {
+		case <-t.C:
+		case <-m.closing:
+			t.Stop()
+		}
 		_ = m.release(rctx, key, token)
 	}()
 }
