@@ -185,7 +185,11 @@ func (m *Manager) acquire(ctx context.Context, key string, ttl time.Duration, to
 			kind = classify(err)
 			if kind == ErrNotAcquired {
 				held = true
-			} else if !explicit && ctx.Err() != nil {
+			}
+			if !explicit && ctx.Err() != nil {
+				// Even a "taken" answer may hide a grant: go-redsync's
+				// round can fail for the ctx while some of its requests
+				// land on a quorum of Redlock masters.
 				m.dropAbandoned(ctx, key, token)
 			}
 		}

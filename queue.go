@@ -102,11 +102,11 @@ func (m *Manager) acquireQueued(ctx context.Context, key string, ttl time.Durati
 		}
 		kind := classify(err)
 		if cerr := ctx.Err(); cerr != nil {
-			if kind == ErrNotAcquired {
-				return fail(ErrNotAcquired, waitEnded(time.Since(start), cerr))
-			}
 			if !explicit {
 				m.dropAbandoned(ctx, key, token)
+			}
+			if kind == ErrNotAcquired {
+				return fail(ErrNotAcquired, waitEnded(time.Since(start), cerr))
 			}
 			return fail(ErrUnavailable, joinCtx(cause(err, kind), cerr))
 		}
