@@ -177,10 +177,11 @@ func (m *Manager) acquireQueued(ctx context.Context, key string, ttl time.Durati
 				return ok(h.g, h.t0)
 			}
 			if cerr := ctx.Err(); cerr != nil {
+				kind, c := error(ErrNotAcquired), waitEnded(time.Since(start), cerr)
 				if errors.Is(err, ErrUnavailable) && !waited {
-					return fail(ErrUnavailable, joinCtx(cause(err, ErrUnavailable), cerr))
+					kind, c = ErrUnavailable, joinCtx(cause(err, ErrUnavailable), cerr)
 				}
-				r1, r2, r3, r4 := fail(ErrNotAcquired, waitEnded(time.Since(start), cerr))
+				r1, r2, r3, r4 := fail(kind, c)
 				if !explicit {
 					// The request may have landed as ctx ended: the
 					// backend cleans up; make sure.
