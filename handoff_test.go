@@ -158,3 +158,59 @@ func TestHandoffHolderReacquireSkipsLine(t *testing.T) {
 	}
 	<-done
 }
+
+// Only the head of a Manager's line waits in the server's queue, and only
+// while another process may hold the key: once the key moves along the
+// line by transfers, the next head waits for the hand-off here, so the
+// backend sees nothing but the transfers and the last release.
+func TestHandoffHeadWaitsHereBehindItsOwnManager(t *testing.T) {
+	ctx := t.Context()
+	store := memory.NewStore()
+	m := distlock.New(store.Backend(), patient)
+	defer m.Close()
+	tok, err := m.Acquire(ctx, "k", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 3
+	locks := make(chan *distlock.Lock, n)
+	for i := range n {
+		go func() {
+			l, err := m.Lock(ctx, "k", time.Minute)
+			if err != nil {
+				t.Errorf("waiter %d: %v", i, err)
+				close(locks)
+				return
+			}
+			locks <- l
+		}()
+		testwait.For(t, 5*time.Second, "the waiter to join the line", func() bool { return m.Waiting("k") == i+1 })
+	}
+	testwait.For(t, 5*time.Second, "the head to queue in the store", func() bool {
+		info, err := m.Inspect(ctx, "k")
+		return err == nil && info.Waiters == 1
+	})
+	before := store.Calls()
+	if err := m.Release(ctx, "k", tok); err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		l, ok := <-locks
+		if !ok {
+			t.Fatal("a waiter failed")
+		}
+		if i < n-1 {
+			// The next head must not join the store's queue behind a
+			// holder of its own Manager.
+			testwait.For(t, 5*time.Second, "the next head", func() bool { return m.Waiting("k") == n-1-i })
+		}
+		if err := l.Release(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// n transfers and one plain release; each head waiting in the store's
+	// queue again would add n-1 calls.
+	if got := store.Calls() - before; got != n+1 {
+		t.Fatalf("%d backend calls for %d hand-offs and a release, want %d", got, n, n+1)
+	}
+}
