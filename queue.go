@@ -178,7 +178,12 @@ func (m *Manager) acquireQueued(ctx context.Context, key string, ttl time.Durati
 			}
 			if cerr := ctx.Err(); cerr != nil {
 				kind, c := error(ErrNotAcquired), waitEnded(time.Since(start), cerr)
-				if errors.Is(err, ErrUnavailable) && !waited {
+				if !waited && (errors.Is(err, ErrUnavailable) || lastErr != nil) {
+					// The server never said the key was held, and could
+					// not be reached (now, or before this wait).
+					if !errors.Is(err, ErrUnavailable) {
+						err = lastErr
+					}
 					kind, c = ErrUnavailable, joinCtx(cause(err, ErrUnavailable), cerr)
 				}
 				r1, r2, r3, r4 := fail(kind, c)
