@@ -156,8 +156,10 @@ var handoffCases = []Case{
 					mu.Unlock()
 					// Hold it until the other busy goroutines are in the
 					// line, so that the release hands the key on.
-					for busy.Waiting(key) < 2 && ctx.Err() == nil {
-						time.Sleep(100 * time.Microsecond) // poll the condition
+					if !until(ctx, 10*time.Second, 100*time.Microsecond, func() bool { return busy.Waiting(key) >= 2 }) && ctx.Err() == nil {
+						t.Errorf("the other busy goroutines did not join the line within 10s")
+						_ = busy.Release(context.WithoutCancel(ctx), key, tok)
+						return
 					}
 					if err := busy.Release(context.WithoutCancel(ctx), key, tok); err != nil {
 						t.Errorf("busy Release: %v", err)

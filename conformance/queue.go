@@ -166,6 +166,41 @@ var queueCases = []Case{
 			t.Fatalf("%d managers made %d attempts over %d releases: more than one wake-up per release", n, total, n)
 		}
 	}},
+	{Topic: "Waiters", Name: "TTLCountsFromTheGrant", Run: func(t TB, e *Env) {
+		// A waiter that waited longer than its TTL gets a lock whose TTL
+		// counts from the grant, not from when it started waiting: the
+		// handle is live, its expiry ahead, and the key held.
+		holder, probe := e.Manager(t), e.Manager(t, noRetry)
+		waiter := e.Manager(t, longWait)
+		key := e.Key("ttl-from-grant")
+		tok := mustAcquire(t, holder, key, e.Long)
+		got := make(chan *distlock.Lock, 1)
+		go func() {
+			l, err := waiter.Lock(t.Context(), key, e.Short)
+			if err != nil {
+				t.Errorf("waiter: Lock: %v", err)
+			}
+			got <- l
+		}()
+		eventually(t, 10*time.Second, "the waiter to wait", func() bool { return waiter.Waiting(key) == 1 })
+		time.Sleep(e.Short + e.Short/2) // outlive the waiter's TTL while it waits
+		if err := holder.Release(t.Context(), key, tok); err != nil {
+			t.Fatalf("Release: %v", err)
+		}
+		l := <-got
+		if l == nil {
+			return
+		}
+		if left := time.Until(l.Expiry()); left <= 0 || l.Err() != nil {
+			t.Fatalf("a lock granted after a long wait: expiry %v from now, Err %v; want its TTL to count from the grant", left, l.Err())
+		}
+		if !heldByOther(t, probe, key) {
+			t.Fatalf("the waiter's lock is not held on the server")
+		}
+		if err := l.Release(t.Context()); err != nil {
+			t.Fatalf("waiter Release: %v", err)
+		}
+	}},
 	{Topic: "Waiters", Name: "LeaverBlocksNobody", Run: func(t TB, e *Env) {
 		// A waiter of another manager that gives up, between two others,
 		// leaves no trace: the one behind it gets the key at the release,

@@ -335,20 +335,31 @@ func heldByOther(t TB, probe *distlock.Manager, key string) bool {
 // eventually polls cond every 10ms until it holds or timeout passes.
 func eventually(t TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		if cond() {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		select {
-		case <-t.Context().Done():
+	if !until(t.Context(), timeout, 10*time.Millisecond, cond) {
+		if t.Context().Err() != nil {
 			t.Fatalf("context ended waiting for %s", what)
-		case <-time.After(10 * time.Millisecond):
+		}
+		t.Fatalf("timed out after %v waiting for %s", timeout, what)
+	}
+}
+
+// until polls cond every poll until it holds (true), or timeout passes or
+// ctx ends (false). Unlike eventually it may run in any goroutine.
+func until(ctx context.Context, timeout, poll time.Duration, cond func() bool) bool {
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(poll)
+	defer tick.Stop()
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-deadline.C:
+			return cond()
+		case <-tick.C:
 		}
 	}
+	return true
 }
 
 func wantIs(t TB, err error, targets ...error) {

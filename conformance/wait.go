@@ -170,7 +170,7 @@ var exclusionCases = []Case{
 							overlaps.Add(1)
 						}
 						v := counter.Load()
-						time.Sleep(100 * time.Microsecond)
+						time.Sleep(100 * time.Microsecond) // the critical section's work: widens any overlap
 						counter.Store(v + 1)
 						inside.Add(-1)
 						if err := m.Release(ctx, key, tok); err != nil {
