@@ -30,9 +30,10 @@ type Manager struct {
 
 	qmu    sync.Mutex
 	queues map[string]*keyQueue // goroutines waiting for a key, see handoff.go
-	// contended holds keys whose last plain attempt found them held: their
-	// acquires wait in the server's queue without trying first (queue.go).
-	contended map[string]struct{}
+	// contended counts, for keys a recent plain attempt found held, the
+	// acquires that still wait in the server's queue without trying first
+	// (queue.go).
+	contended map[string]int
 	closing   chan struct{}   // closed by Close
 	closeCtx  context.Context // cancelled by Close: ends waits in a backend's queue
 	endAll    context.CancelFunc

@@ -96,11 +96,13 @@ func (m *Manager) acquireQueued(ctx context.Context, key string, ttl time.Durati
 		t0 := time.Now()
 		g, err := m.b.Acquire(ctx, key, token, ttl)
 		oc.attempt(ctx, err)
-		m.noteTry(key, err)
 		if err == nil {
 			return ok(g, t0)
 		}
 		kind := classify(err)
+		if kind == ErrNotAcquired {
+			m.foundHeld(key)
+		}
 		if cerr := ctx.Err(); cerr != nil {
 			if !explicit {
 				m.dropAbandoned(ctx, key, token)
@@ -251,41 +253,48 @@ func (m *Manager) acquireQueued(ctx context.Context, key string, ttl time.Durati
 	}
 }
 
-// maxContended bounds how many keys a Manager remembers as contended.
+// maxContended bounds how many keys a Manager remembers as contended;
+// when it is reached the memory starts afresh.
 const maxContended = 1024
+
+// contendedSkips is how many acquires of a key that a plain attempt found
+// held go straight to the server's queue before one tries first again.
+const contendedSkips = 8
 
 // tryFirst reports whether an acquire of key that may wait makes a plain
 // attempt before it waits in the server's queue. It does unless others of
 // this Manager wait for key (then only an explicit token tries: it may be
-// the holder's re-acquire) or the last plain attempt of this Manager found
-// key held: a contended key goes straight to the queue, which grants a
-// free key at once anyway, saving the server a request per acquire.
+// the holder's re-acquire), or a recent plain attempt of this Manager
+// found key held: then the next contendedSkips acquires go straight to the
+// queue, which grants a free key at once anyway, saving the server a
+// request each; the one after tries again, so a key that is no longer
+// contended soon costs a plain Acquire again.
 func (m *Manager) tryFirst(key string, explicit bool) bool {
 	m.qmu.Lock()
 	defer m.qmu.Unlock()
 	if q := m.queues[key]; q != nil && len(q.ws) > 0 {
 		return explicit
 	}
-	_, hot := m.contended[key]
-	return !hot
+	n, hot := m.contended[key]
+	switch {
+	case !hot:
+		return true
+	case n > 1:
+		m.contended[key] = n - 1
+	default:
+		delete(m.contended, key)
+	}
+	return false
 }
 
-// noteTry remembers whether a plain attempt on key found it held.
-func (m *Manager) noteTry(key string, err error) {
-	held := errors.Is(err, ErrNotAcquired)
+// foundHeld remembers that a plain attempt on key found it held.
+func (m *Manager) foundHeld(key string) {
 	m.qmu.Lock()
 	defer m.qmu.Unlock()
-	switch {
-	case err == nil:
-		if len(m.contended) > 0 {
-			delete(m.contended, key)
-		}
-	case held && len(m.contended) < maxContended:
-		if m.contended == nil {
-			m.contended = make(map[string]struct{})
-		}
-		m.contended[key] = struct{}{}
+	if m.contended == nil || len(m.contended) >= maxContended {
+		m.contended = make(map[string]int)
 	}
+	m.contended[key] = contendedSkips
 }
 
 // setWaitCancel records (or with nil, forgets) the function that cancels
