@@ -109,6 +109,12 @@ var (
 	// is otherwise freed when its TTL passes. A wrong token on the instance
 	// that holds the lock, or a lock nobody holds, gives plain ErrNotHeld.
 	ErrNotOwnerInstance error = notOwnerInstance{}
+	// ErrLimitMismatch: a semaphore was acquired with a limit other than
+	// the one its current holders agreed on. Every participant of a
+	// semaphore must use the same limit; nothing was taken.
+	ErrLimitMismatch = errors.New("semaphore limit differs from its holders'")
+	// ErrNoLeader: Election.Leader found nobody leading the election.
+	ErrNoLeader = errors.New("no leader")
 )
 
 type notOwnerInstance struct{}

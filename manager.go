@@ -424,7 +424,7 @@ func checkToken(token string) error {
 	return nil
 }
 
-var kinds = [...]error{ErrNotAcquired, ErrNotHeld, ErrUnavailable, ErrInvalidArgument, ErrClosed, ErrLockLost, ErrUnsupported}
+var kinds = [...]error{ErrNotAcquired, ErrNotHeld, ErrUnavailable, ErrInvalidArgument, ErrClosed, ErrLockLost, ErrUnsupported, ErrLimitMismatch, ErrNoLeader}
 
 // classify maps a backend error to its sentinel; unknown errors count as
 // ErrUnavailable.

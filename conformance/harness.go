@@ -66,3 +66,14 @@ const (
 		"use conformance.URL(url, conformance.WithStopper(s)), with s from conformance.Proxy or a distlocktest.Container"
 	noFencing = "backend declares no fencing (driver.Capabilities.Fencing is false)"
 )
+
+// ModeRevoker is implemented by harnesses that can take a primitive's key
+// (a read-write lock, a semaphore, an election) away from all its holders
+// on the server, as an operator would: the loss cases of the primitives use
+// it. URL includes one for this module's backends.
+type ModeRevoker interface {
+	// RevokeMode ends every hold of key in kind's key space on the
+	// server (for Read or Write: the read-write lock's readers, writer
+	// and waiting marks). It must finish even when ctx ends meanwhile.
+	RevokeMode(ctx context.Context, key string, kind driver.Kind) error
+}

@@ -82,6 +82,9 @@ type Capabilities struct {
 	// Granularity is the unit the backend counts leases in (1ms for Redis,
 	// 1s for etcd); TTLs are rounded up to a multiple of it.
 	Granularity time.Duration
+	// ReadWrite, Semaphore and Election declare the primitives of
+	// Primitives the backend offers: Read and Write, Permit, Leader.
+	ReadWrite, Semaphore, Election bool
 }
 
 // RoundTTL returns ttl as the Manager hands it to the backend: raised to
