@@ -108,10 +108,11 @@ func (m *Manager) Election(name string, ttl time.Duration) *Election {
 	return &Election{m: m, name: name, ttl: ttl}
 }
 
-// Leadership is a won election: the handle of the leader. Done closes when
-// the leadership ends (Resign, or lost: Err then matches ErrLockLost).
+// Leadership is a won election: the leader's hold of the election, a
+// *Lock (renewed automatically) whose Done closes when the leadership
+// ends: Resign, or lost (Err then matches ErrLockLost).
 type Leadership struct {
-	l     *Lock
+	*Lock
 	value string
 }
 
@@ -129,26 +130,16 @@ func (e *Election) Campaign(ctx context.Context, value string, opts ...LockOptio
 	if err != nil {
 		return nil, err
 	}
-	return &Leadership{l: l, value: value}, nil
+	return &Leadership{Lock: l, value: value}, nil
 }
-
-// Done returns a channel closed when the leadership ends.
-func (ld *Leadership) Done() <-chan struct{} { return ld.l.Done() }
-
-// Err returns nil while leading and after Resign; after a loss it matches
-// ErrLockLost.
-func (ld *Leadership) Err() error { return ld.l.Err() }
-
-// Fence returns the leadership's fencing number, greater than every earlier
-// leader's where the backend fences: pass it with the leader's writes.
-func (ld *Leadership) Fence() uint64 { return ld.l.Fence() }
 
 // Value returns the value this leader published.
 func (ld *Leadership) Value() string { return ld.value }
 
 // Resign gives the leadership up, so that another participant can lead at
-// once. It returns ErrNotHeld if the leadership was already lost.
-func (ld *Leadership) Resign(ctx context.Context) error { return ld.l.Release(ctx) }
+// once: Release under the election's name. It returns ErrNotHeld if the
+// leadership was already lost.
+func (ld *Leadership) Resign(ctx context.Context) error { return ld.Release(ctx) }
 
 // LeaderInfo describes the current leader of an election.
 type LeaderInfo struct {

@@ -4,6 +4,7 @@
 //
 //	distlock demo                                        # embedded engine, nothing to install
 //	distlock run --url redis://localhost:6379 --key nightly-report --ttl 30s -- ./report.sh
+//	distlock elect --url etcd://10.0.0.5:2379 --key scheduler -- ./scheduler
 //	TOKEN=$(distlock acquire --key deploy --ttl 5m)      # shell scripts: acquire / extend / release
 //	distlock check --url etcd://10.0.0.5:2379            # conformance checks against a deployment
 //
@@ -58,7 +59,8 @@ var commands []command
 func init() {
 	commands = []command{
 		{"demo", "book seats with many concurrent clients, without and with the lock", runDemo},
-		{"run", "run a command while holding a lock", runRun},
+		{"run", "run a command while holding a lock (or a shared hold, or a semaphore permit)", runRun},
+		{"elect", "run a command while leading an election", runElect},
 		{"acquire", "take a lock and print its token (for shell scripts)", runAcquire},
 		{"release", "release a lock held by a token", runRelease},
 		{"extend", "reset the TTL of a lock held by a token", runExtend},
@@ -377,7 +379,7 @@ func exitCode(err error) int {
 	switch {
 	case err == nil:
 		return exitOK
-	case errors.Is(err, distlock.ErrInvalidArgument):
+	case errors.Is(err, distlock.ErrInvalidArgument), errors.Is(err, distlock.ErrLimitMismatch):
 		return exitUsage
 	case errors.Is(err, distlock.ErrNotAcquired):
 		return exitNotAcquired

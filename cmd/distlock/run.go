@@ -44,8 +44,19 @@ With a terminal, CMD shares the terminal's foreground group, gets Ctrl-C
 and Ctrl-\ from the terminal itself, and distlock does not pass SIGINT and
 SIGQUIT on a second time.
 
+Shared holds: --shared takes the read side of the read-write lock KEY, so
+any number of --shared runs go together while a --write run (its write
+side) waits for them and holds KEY alone; once a writer waits, new readers
+wait behind it. --limit N takes one of N permits of the semaphore KEY: at
+most N runs with --limit N go at once, and every run must give the same N.
+The read-write lock, the semaphore and the plain lock (no flag) called KEY
+are independent of each other.
+
 Examples:
   distlock run --url redis://localhost:6379 --key nightly-report --ttl 30s -- ./report.sh
+  distlock run --key catalog --shared --wait 1m -- ./export.sh       # readers together...
+  distlock run --key catalog --write --wait 1m -- ./reindex.sh       # ...the writer alone
+  distlock run --key gpu --limit 4 --wait 1h -- ./train.sh           # at most 4 at once
   distlock run --key deploy --wait 10m -- make deploy          # URL from $DISTLOCK_URL
   distlock run --key cron:backup --conflict-exit-code 0 -- ./backup.sh   # skip quietly if it runs elsewhere
   distlock run --key job -- sh -c 'echo "fence $DISTLOCK_FENCE"; ./job'
@@ -53,14 +64,36 @@ Examples:
 `
 
 func runRun(ctx context.Context, env *cliEnv, args []string) int {
-	const cmdName = "distlock run"
-	fs := newFlags("run", "--key KEY [--ttl D] [--wait D] [flags] -- CMD [ARGS...]", runHelp)
+	return runHolding(ctx, env, args, false)
+}
+
+// runHolding is run, and elect when elect is set: hold a lock (or lead an
+// election) while CMD runs.
+func runHolding(ctx context.Context, env *cliEnv, args []string, elect bool) int {
+	cmdName, usage, help := "distlock run", "--key KEY [--ttl D] [--wait D] [flags] -- CMD [ARGS...]", runHelp
+	if elect {
+		cmdName, usage, help = "distlock elect", "--key NAME [--ttl D] [--value V] [--wait D] [flags] -- CMD [ARGS...]", electHelp
+	}
+	fs := newFlags(cmdName[len("distlock "):], usage, help)
 	fs.SetInterspersed(false) // the first argument that is not a flag starts CMD
 	var c common
 	fs.StringVar(&c.url, "url", "", "backend URL (default $"+envURL+")")
 	key := fs.String("key", "", "lock key (required)")
 	ttl := duration(fs, "ttl", 30*time.Second, "lock TTL; the lock is renewed every TTL/3 while CMD runs")
-	wait := duration(fs, "wait", 0, "how long to wait while another holder has the lock (0: one attempt)")
+	var shared, write *bool
+	var limit *int
+	var value *string
+	var wait *time.Duration
+	if elect {
+		wait = duration(fs, "wait", 0, "how long to wait for the leadership (0: until interrupted)")
+		host, _ := os.Hostname()
+		value = fs.String("value", fmt.Sprintf("%s:%d", host, os.Getpid()), "the value published while leading (distlock status shows it)")
+	} else {
+		wait = duration(fs, "wait", 0, "how long to wait while another holder has the lock (0: one attempt)")
+		shared = fs.Bool("shared", false, "take the read (shared) side of the read-write lock KEY")
+		write = fs.Bool("write", false, "take the write (exclusive) side of the read-write lock KEY")
+		limit = fs.Int("limit", 0, "take one of N permits of the semaphore KEY (every holder must give the same N)")
+	}
 	grace := duration(fs, "grace", 10*time.Second, "after the lock is lost, time between SIGTERM and SIGKILL to CMD")
 	minHold := duration(fs, "min-hold", 0, "keep the lock until this long after it was acquired, even if CMD finishes sooner (run-once jobs)")
 	conflict := fs.Int("conflict-exit-code", exitNotAcquired, "exit code when the lock is held elsewhere")
@@ -84,7 +117,11 @@ func runRun(ctx context.Context, env *cliEnv, args []string) int {
 	case *conflict < 0 || *conflict > 255:
 		return usageError(env, cmdName, "--conflict-exit-code must be in 0..255 (got %d)", *conflict)
 	case len(argv) == 0:
-		return usageError(env, cmdName, "no command given (distlock run [flags] -- CMD [ARGS...])")
+		return usageError(env, cmdName, "no command given (%s [flags] -- CMD [ARGS...])", cmdName)
+	case !elect && *limit < 0:
+		return usageError(env, cmdName, "--limit must be positive (got %d)", *limit)
+	case !elect && btoi(*shared)+btoi(*write)+btoi(*limit > 0) > 1:
+		return usageError(env, cmdName, "--shared, --write and --limit exclude each other")
 	}
 	logf := func(format string, a ...any) {
 		if *verbose {
@@ -158,7 +195,13 @@ func runRun(ctx context.Context, env *cliEnv, args []string) int {
 	}
 	var lctx context.Context
 	var lcancel context.CancelFunc
-	if *wait > 0 {
+	if elect {
+		logf("campaigning in %q", *key)
+		lctx, lcancel = context.WithCancel(actx)
+		if *wait > 0 {
+			lctx, lcancel = context.WithTimeout(actx, *wait)
+		}
+	} else if *wait > 0 {
 		logf("waiting up to %v for %q", *wait, *key)
 		lctx, lcancel = context.WithTimeout(actx, *wait)
 		opts = append(opts, distlock.WithLockRetry(distlock.ExponentialBackoff(5*time.Millisecond, 250*time.Millisecond)))
@@ -166,7 +209,22 @@ func runRun(ctx context.Context, env *cliEnv, args []string) int {
 		lctx, lcancel = context.WithTimeout(actx, opTimeout)
 		opts = append(opts, distlock.WithLockRetry(distlock.NoRetry()))
 	}
-	l, err := m.Lock(lctx, *key, *ttl, opts...)
+	var l *distlock.Lock
+	switch {
+	case elect:
+		var ld *distlock.Leadership
+		if ld, err = m.Election(*key, *ttl).Campaign(lctx, *value, opts...); err == nil {
+			l = ld.Lock
+		}
+	case *shared:
+		l, err = m.RWMutex(*key).RLock(lctx, *ttl, opts...)
+	case *write:
+		l, err = m.RWMutex(*key).Lock(lctx, *ttl, opts...)
+	case *limit > 0:
+		l, err = m.Semaphore(*key, *limit).Acquire(lctx, *ttl, opts...)
+	default:
+		l, err = m.Lock(lctx, *key, *ttl, opts...)
+	}
 	lcancel()
 	endPre()
 	if interrupted != nil {
@@ -179,7 +237,9 @@ func runRun(ctx context.Context, env *cliEnv, args []string) int {
 	if err != nil {
 		code := exitCode(err)
 		if code == exitNotAcquired {
-			if *wait > 0 {
+			if elect {
+				errorf("did not become leader of %q within --wait %v", *key, *wait)
+			} else if *wait > 0 {
 				errorf("lock %q is held by another holder; gave up after --wait %v", *key, *wait)
 			} else {
 				errorf("lock %q is held by another holder (use --wait to wait for it)", *key)
@@ -281,6 +341,36 @@ loop:
 	}
 	logf("%s exited with status %d; released %q", argv[0], status, *key)
 	return status
+}
+
+const electHelp = `
+Campaign in the election NAME, waiting until this process leads it, run CMD
+while leading, and resign when CMD exits. distlock exits with CMD's status.
+
+Leadership is a lease of --ttl, renewed every TTL/3 while CMD runs; a leader
+that crashes is replaced after at most --ttl. If the leadership is lost, CMD
+gets SIGTERM, then SIGKILL after --grace, and distlock exits 5. --value is
+published while leading (distlock status --election NAME shows it). With
+--wait D, distlock gives up after D without leading and exits 3 (or
+--conflict-exit-code); by default it waits until interrupted.
+
+CMD gets DISTLOCK_KEY, DISTLOCK_TOKEN and DISTLOCK_FENCE (the leadership's
+fencing number), and signals are passed on as with distlock run.
+
+Examples:
+  distlock elect --url etcd://10.0.0.5:2379 --key scheduler --ttl 10s -- ./scheduler
+  distlock elect --key compactor --value "$(hostname)" -- ./compact --forever
+`
+
+func runElect(ctx context.Context, env *cliEnv, args []string) int {
+	return runHolding(ctx, env, args, true)
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // watchLoss reports on the returned channel when l is lost: the handle says

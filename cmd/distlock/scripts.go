@@ -72,9 +72,13 @@ anything. Exit 0 if the token holds the lock, 4 if not. Where the lock
 cannot be inspected read-only, status says so and exits 1: use
 'distlock extend', which answers the same question by resetting the TTL.
 
+With --election NAME it shows the election's leader: the value it
+published and its fence, or that nobody leads.
+
 Examples:
   distlock status --url etcd://127.0.0.1:2379
   distlock status --key deploy --token "$TOKEN" --json
+  distlock status --election scheduler
 `
 
 // readToken resolves --token, $DISTLOCK_TOKEN and '-' (stdin).
@@ -345,6 +349,7 @@ func runStatus(ctx context.Context, env *cliEnv, args []string) int {
 	c.register(fs)
 	key := fs.String("key", "", "report on this lock (read-only: its TTL is never changed)")
 	tokenFlag := fs.String("token", "", "with --key: the token to check; '-' reads stdin (default $DISTLOCK_TOKEN)")
+	election := fs.String("election", "", "show the leader of this election")
 	// --ttl once set the TTL status extended the lock to; status no longer
 	// extends, and the flag is accepted (and ignored) so scripts keep working.
 	ttl := duration(fs, "ttl", 0, "ignored: status never changes a lock's TTL")
@@ -384,6 +389,9 @@ func runStatus(ctx context.Context, env *cliEnv, args []string) int {
 			"cross_instance_release": caps.CrossInstanceRelease,
 			"min_ttl":                caps.MinTTL.String(),
 			"granularity":            caps.Granularity.String(),
+			"read_write":             caps.ReadWrite,
+			"semaphore":              caps.Semaphore,
+			"election":               caps.Election,
 		},
 	}
 	// Reachability: releasing a random token on a probe key changes
@@ -432,6 +440,25 @@ func runStatus(ctx context.Context, env *cliEnv, args []string) int {
 			}
 		}
 	}
+	var (
+		leader distlock.LeaderInfo
+		lerr   error
+	)
+	if reachable && *election != "" {
+		lctx, cancel := context.WithTimeout(ctx, opTimeout)
+		leader, lerr = m.Election(*election, time.Second).Leader(lctx)
+		cancel()
+		out["election"] = *election
+		switch {
+		case errors.Is(lerr, distlock.ErrNoLeader):
+			out["leader"] = nil
+		case lerr != nil:
+			out["error"] = lerr.Error()
+			exit = exitCode(lerr)
+		default:
+			out["leader"] = map[string]any{"value": leader.Value, "fence": leader.Fence, "ttl": leader.TTL.Round(time.Millisecond).String()}
+		}
+	}
 	out["ok"] = exit == exitOK
 	if exit != exitOK {
 		out["code"], out["exit_code"] = errorCode(exit), exit
@@ -447,6 +474,7 @@ func runStatus(ctx context.Context, env *cliEnv, args []string) int {
 	fmt.Fprintf(w, "fencing:      %s\n", yesNo(caps.Fencing))
 	fmt.Fprintf(w, "cross-client release: %s\n", yesNo(caps.CrossInstanceRelease))
 	fmt.Fprintf(w, "min TTL:      %v (granularity %v)\n", caps.MinTTL, caps.Granularity)
+	fmt.Fprintf(w, "primitives:   read-write %s, semaphore %s, election %s\n", yesNo(caps.ReadWrite), yesNo(caps.Semaphore), yesNo(caps.Election))
 	if reachable {
 		fmt.Fprintf(w, "reachable:    yes (round trip %v)\n", rtt.Round(time.Microsecond))
 	} else {
@@ -470,6 +498,17 @@ func runStatus(ctx context.Context, env *cliEnv, args []string) int {
 		}
 		if serr == nil && st.Waiters > 0 {
 			fmt.Fprintf(w, "waiters:      %d queued on the server\n", st.Waiters)
+		}
+	}
+	if reachable && *election != "" {
+		switch {
+		case errors.Is(lerr, distlock.ErrNoLeader):
+			fmt.Fprintf(w, "election %q: no leader\n", *election)
+		case lerr != nil:
+			fmt.Fprintf(w, "election %q: unknown: %v\n", *election, lerr)
+			fmt.Fprintf(env.stderr, "%s: %v\n", cmdName, lerr)
+		default:
+			fmt.Fprintf(w, "election %q: led by %q (fence %d, %v left)\n", *election, leader.Value, leader.Fence, leader.TTL.Round(time.Millisecond))
 		}
 	}
 	return exit
