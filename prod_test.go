@@ -191,7 +191,8 @@ func TestRequire(t *testing.T) {
 		})
 	})
 	ctx := t.Context()
-	m, err := distlock.Open(ctx, "memory://require", distlock.Require(distlock.Fencing(), distlock.CrossInstanceRelease(), distlock.MinTTLAtMost(time.Millisecond)))
+	m, err := distlock.Open(ctx, "memory://require", distlock.Require(distlock.Fencing(), distlock.CrossInstanceRelease(), distlock.MinTTLAtMost(time.Millisecond),
+		distlock.ReadWriteLocks(), distlock.Semaphores(), distlock.Elections()))
 	if err != nil {
 		t.Fatalf("memory meets every requirement: %v", err)
 	}
@@ -204,6 +205,9 @@ func TestRequire(t *testing.T) {
 		{distlock.Fencing(), "fencing"},
 		{distlock.CrossInstanceRelease(), "cross-instance release"},
 		{distlock.MinTTLAtMost(100 * time.Millisecond), "at least 2s"},
+		{distlock.ReadWriteLocks(), "read-write locks"},
+		{distlock.Semaphores(), "semaphores"},
+		{distlock.Elections(), "leader election"},
 	} {
 		_, err := distlock.Open(ctx, "limited://u:hunter2@host", distlock.Require(tc.req))
 		if !errors.Is(err, distlock.ErrUnsupported) || !errors.Is(err, errors.ErrUnsupported) || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "hunter2") {
@@ -229,6 +233,29 @@ func TestRequire(t *testing.T) {
 	}
 	if nm.Capabilities().Name != "limited" {
 		t.Errorf("Capabilities: %+v", nm.Capabilities())
+	}
+}
+
+// A backend that does not declare a primitive refuses it with
+// ErrUnsupported, sending nothing.
+func TestUndeclaredPrimitivesSendNothing(t *testing.T) {
+	s := memory.NewStore()
+	m := distlock.New(&limited{Backend: s.Backend()})
+	defer m.Close()
+	ctx := t.Context()
+	before := s.Calls()
+	_, err1 := m.RWMutex("k").RLock(ctx, time.Minute)
+	_, err2 := m.RWMutex("k").Lock(ctx, time.Minute)
+	_, err3 := m.Semaphore("k", 2).Acquire(ctx, time.Minute)
+	_, err4 := m.Election("k", time.Minute).Campaign(ctx, "v")
+	_, err5 := m.Election("k", time.Minute).Leader(ctx)
+	for i, err := range []error{err1, err2, err3, err4, err5} {
+		if !errors.Is(err, distlock.ErrUnsupported) {
+			t.Errorf("call %d: %v, want ErrUnsupported", i+1, err)
+		}
+	}
+	if n := s.Calls() - before; n != 0 {
+		t.Errorf("%d calls reached the store", n)
 	}
 }
 

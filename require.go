@@ -62,6 +62,33 @@ func MinTTLAtMost(d time.Duration) Requirement {
 	}
 }
 
+// ReadWriteLocks requires read-write locks (Capabilities.ReadWrite:
+// Manager.RWMutex).
+func ReadWriteLocks() Requirement {
+	return primitive("read-write locks", func(c Capabilities) bool { return c.ReadWrite })
+}
+
+// Semaphores requires counting semaphores (Capabilities.Semaphore:
+// Manager.Semaphore).
+func Semaphores() Requirement {
+	return primitive("semaphores", func(c Capabilities) bool { return c.Semaphore })
+}
+
+// Elections requires leader election (Capabilities.Election:
+// Manager.Election).
+func Elections() Requirement {
+	return primitive("leader election", func(c Capabilities) bool { return c.Election })
+}
+
+func primitive(what string, has func(Capabilities) bool) Requirement {
+	return func(c Capabilities) error {
+		if !has(c) {
+			return fmt.Errorf("no %s", what)
+		}
+		return nil
+	}
+}
+
 // satisfies checks caps against reqs and returns an error matching
 // ErrUnsupported naming every requirement that is not met, or nil.
 func satisfies(c Capabilities, reqs ...Requirement) error {
