@@ -259,6 +259,37 @@ func TestUndeclaredPrimitivesSendNothing(t *testing.T) {
 	}
 }
 
+// Bad input to a primitive is ErrInvalidArgument and sends nothing.
+func TestPrimitivesBadInput(t *testing.T) {
+	s := memory.NewStore()
+	m := distlock.New(s.Backend())
+	defer m.Close()
+	ctx := t.Context()
+	before := s.Calls()
+	big := strings.Repeat("x", distlock.MaxValueLen+1)
+	calls := []func() error{
+		func() error { _, err := m.RWMutex("").RLock(ctx, time.Minute); return err },
+		func() error { _, err := m.RWMutex("k").Lock(ctx, 0); return err },
+		func() error { _, err := m.Semaphore("k", 0).Acquire(ctx, time.Minute); return err },
+		func() error { _, err := m.Semaphore("k", -3).Acquire(ctx, time.Minute); return err },
+		func() error { _, err := m.Election("k", time.Minute).Campaign(ctx, big); return err },
+		func() error { _, err := m.Election("k", -time.Second).Campaign(ctx, "v"); return err },
+		func() error {
+			_, err := m.RWMutex("k").RLock(ctx, time.Minute, distlock.WithToken(strings.Repeat("t", distlock.MaxTokenLen+1)))
+			return err
+		},
+		func() error { _, err := m.Election("", time.Minute).Leader(ctx); return err },
+	}
+	for i, call := range calls {
+		if err := call(); !errors.Is(err, distlock.ErrInvalidArgument) {
+			t.Errorf("call %d: %v, want ErrInvalidArgument", i+1, err)
+		}
+	}
+	if n := s.Calls() - before; n != 0 {
+		t.Errorf("%d calls reached the store", n)
+	}
+}
+
 func TestMinHoldDo(t *testing.T) {
 	s := memory.NewStore()
 	m1, m2 := distlock.New(s.Backend()), distlock.New(s.Backend())
