@@ -305,8 +305,12 @@ var rwCases = []Case{
 		mustHold(t, w, nil, "writer")
 		wantIs(t, r.Extend(t.Context(), e.Long), distlock.ErrNotHeld) // never re-created
 		waitDone(t, w, e.Short+promptly, "the writer's TTL")
-		rr, err := probe.RWMutex(key).RLock(t.Context(), e.Long)
-		release(t, mustHold(t, rr, err, "reader after the writer expired"), "reader")
+		var rr *distlock.Lock
+		eventually(t, promptly, "a reader once the writer expired", func() bool {
+			rr, err = probe.RWMutex(key).RLock(t.Context(), e.Long)
+			return err == nil
+		})
+		release(t, mustHold(t, rr, nil, "reader after the writer expired"), "reader")
 	}},
 	{Topic: "RWLock", Name: "TokensAreTheirOwn", Run: func(t TB, e *Env) {
 		need(t, e, driver.Read)
