@@ -1,0 +1,47 @@
+package conformance
+
+import (
+	"context"
+	"errors"
+	"sync"
+
+	redsyncbackend "github.com/distlock/distlock/backends/redsync"
+	"github.com/distlock/distlock/driver"
+	"github.com/redis/go-redis/v9"
+)
+
+// redisModeRevoke returns a ModeRevoker's function for the Redis server of
+// a redis:// or rediss:// URL (or every master of a redlock URL): it
+// deletes the server keys of key's primitive (redsync.ModeKeys with the
+// default fence key) in one DEL, taking it from all its holders at once,
+// and announces the change on the primitive's channel so that watchers
+// look again.
+func redisModeRevoke(rawURL string) func(ctx context.Context, key string, kind driver.Kind) error {
+	return func(ctx context.Context, key string, kind driver.Kind) error {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), revokeTimeout)
+		defer cancel()
+		keys := redsyncbackend.ModeKeys(key, kind)
+		if keys == nil {
+			return errors.New("conformance: unknown primitive kind")
+		}
+		nodes, err := redisNodes(rawURL)
+		if err != nil {
+			return err
+		}
+		errs := make([]error, len(nodes))
+		var wg sync.WaitGroup
+		for i, opts := range nodes {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				c := redis.NewClient(opts)
+				defer c.Close()
+				if errs[i] = c.Del(ctx, keys...).Err(); errs[i] == nil {
+					errs[i] = c.Publish(ctx, redsyncbackend.ModeChannel(key, kind), "").Err()
+				}
+			}()
+		}
+		wg.Wait()
+		return errors.Join(errs...)
+	}
+}
