@@ -33,6 +33,10 @@ func (h singleHarness) Revoke(ctx context.Context, key string) error {
 	return revoke(ctx, []*distlocktest.RedisServer{h.srv}, key)
 }
 
+func (h singleHarness) RevokeMode(ctx context.Context, key string, kind driver.Kind) error {
+	return revokeMode(ctx, []*distlocktest.RedisServer{h.srv}, key, kind, h.opts...)
+}
+
 // masters are servers a harness stops, starts and revokes on together.
 type masters []*distlocktest.RedisServer
 
@@ -54,6 +58,12 @@ func (ms masters) Start(ctx context.Context) error {
 }
 
 func (ms masters) Revoke(ctx context.Context, key string) error { return revoke(ctx, ms, key) }
+
+// RevokeMode deletes key's primitive on every master (a Redlock has none;
+// harmless there).
+func (ms masters) RevokeMode(ctx context.Context, key string, kind driver.Kind) error {
+	return revokeMode(ctx, ms, key, kind)
+}
 
 // redlockHarness runs the suite against a Redlock of its own masters.
 type redlockHarness struct{ masters }
@@ -81,6 +91,36 @@ func revoke(ctx context.Context, srvs []*distlocktest.RedisServer, key string) e
 	}
 	wg.Wait()
 	return errors.Join(errs...)
+}
+
+// revokeMode deletes the server keys of key's primitive of kind on every
+// server at once and announces it, as an operator would. It finishes even
+// if ctx ends meanwhile.
+func revokeMode(ctx context.Context, srvs []*distlocktest.RedisServer, key string, kind driver.Kind, opts ...redsyncLocker.Option) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	errs := make([]error, len(srvs))
+	var wg sync.WaitGroup
+	for i, s := range srvs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := redis.NewClient(&redis.Options{Addr: s.Addr})
+			errs[i] = delMode(ctx, c, key, kind, opts...)
+			_ = c.Close()
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// delMode deletes key's primitive of kind through c and publishes the
+// change on its channel.
+func delMode(ctx context.Context, c redis.Cmdable, key string, kind driver.Kind, opts ...redsyncLocker.Option) error {
+	if err := c.Del(ctx, redsyncLocker.ModeKeys(key, kind, opts...)...).Err(); err != nil {
+		return err
+	}
+	return c.Publish(ctx, redsyncLocker.ModeChannel(key, kind, opts...), "").Err()
 }
 
 // clusterHarness runs the suite against a Redis Cluster of its own,
@@ -124,6 +164,14 @@ func (h clusterHarness) Revoke(ctx context.Context, key string) error {
 	return c.Del(ctx, key).Err()
 }
 
+func (h clusterHarness) RevokeMode(ctx context.Context, key string, kind driver.Kind) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: h.c.Addrs()})
+	defer c.Close()
+	return delMode(ctx, c, key, kind, redsyncLocker.WithCluster())
+}
+
 // sentinelHarness runs the suite against a master found through a
 // Sentinel, with go-redis's failover client.
 type sentinelHarness struct{ s *distlocktest.RedisSentinel }
@@ -147,6 +195,10 @@ func (h sentinelHarness) Revoke(ctx context.Context, key string) error {
 	return revoke(ctx, []*distlocktest.RedisServer{h.s.Master}, key)
 }
 
+func (h sentinelHarness) RevokeMode(ctx context.Context, key string, kind driver.Kind) error {
+	return revokeMode(ctx, []*distlocktest.RedisServer{h.s.Master}, key, kind)
+}
+
 var (
 	_ conformance.Stopper = clusterHarness{}
 	_ conformance.Revoker = clusterHarness{}
@@ -156,6 +208,11 @@ var (
 	_ conformance.Revoker = singleHarness{}
 	_ conformance.Stopper = redlockHarness{}
 	_ conformance.Revoker = redlockHarness{}
+
+	_ conformance.ModeRevoker = singleHarness{}
+	_ conformance.ModeRevoker = clusterHarness{}
+	_ conformance.ModeRevoker = sentinelHarness{}
+	_ conformance.ModeRevoker = redlockHarness{}
 )
 
 func TestConformance(t *testing.T) {
