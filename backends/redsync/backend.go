@@ -25,6 +25,11 @@
 // and, where a go-redis client is at hand, the pub/sub subscription on
 // which a queued waiter is told that a release handed it the key. Waiters
 // on other pools poll the queue; Redlock waiters poll.
+//
+// On a single node (not Redlock) the Backend also offers read-write locks,
+// semaphores and elections (driver.Primitives, one script per operation,
+// see primitives.go) and, on a go-redis client, tells watchers of their
+// changes over pub/sub (driver.ModeWatcher).
 package redsync
 
 import (

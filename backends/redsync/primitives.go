@@ -424,12 +424,21 @@ func (w *modeWatchers) add(ctx context.Context, client redis.UniversalClient, ch
 	if err == nil {
 		select {
 		case <-confirmed:
-			return stop, nil
+			w.mu.Lock()
+			closed := w.closed
+			w.mu.Unlock()
+			if !closed {
+				return stop, nil
+			}
+			err = errWatchClosed
 		case <-ctx.Done():
 			err = ctx.Err()
 		}
 	}
 	w.remove(channel, mw)
+	if err == errWatchClosed {
+		return nil, err
+	}
 	return nil, classify(err)
 }
 
@@ -489,6 +498,10 @@ func (w *modeWatchers) close() {
 	w.mu.Lock()
 	w.closed = true
 	ps, done := w.ps, w.loopDone
+	for ch, c := range w.pending { // wake the WatchMode calls still waiting
+		close(c)
+		delete(w.pending, ch)
+	}
 	w.mu.Unlock()
 	if ps != nil {
 		_ = ps.Close()

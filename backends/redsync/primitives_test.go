@@ -3,6 +3,8 @@ package redsync_test
 import (
 	"errors"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -430,5 +432,79 @@ func TestModeCluster(t *testing.T) {
 	case <-changed:
 	case <-time.After(5 * time.Second):
 		t.Fatal("no change heard on the cluster within 5s")
+	}
+}
+
+// TestModeExclusion runs backends of their own (as processes would) on one
+// read-write lock and one semaphore: never a writer beside anyone, never
+// more permits than the limit.
+func TestModeExclusion(t *testing.T) {
+	ctx := ctxTimeout(t, 30*time.Second)
+	key := uniqueKey(t)
+	var readers, writers, permits atomic.Int32
+	var grants atomic.Int32
+	errs := make(chan error, 8)
+	var wg sync.WaitGroup
+	for g := range 8 {
+		b := newModeBackend(t)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 40 {
+				tok := fmt.Sprintf("g%d-%d", g, i)
+				m := modeRead
+				if i%3 == 0 {
+					m = modeWrite
+				}
+				if _, err := b.AcquireMode(ctx, key, tok, 10*time.Second, m); err == nil {
+					grants.Add(1)
+					if m.Kind == driver.Write {
+						if writers.Add(1) != 1 || readers.Load() != 0 {
+							errs <- fmt.Errorf("writer beside %d readers, %d writers", readers.Load(), writers.Load())
+							return
+						}
+						writers.Add(-1)
+					} else {
+						readers.Add(1)
+						if writers.Load() != 0 {
+							errs <- errors.New("reader beside a writer")
+							return
+						}
+						readers.Add(-1)
+					}
+					if err := b.ReleaseMode(ctx, key, tok, m); err != nil {
+						errs <- err
+						return
+					}
+				} else if !errors.Is(err, distlock.ErrNotAcquired) {
+					errs <- err
+					return
+				} else if m.Kind == driver.Write {
+					_ = b.ReleaseMode(ctx, key, tok, m) // drop the mark
+				}
+				if _, err := b.AcquireMode(ctx, key, tok, 10*time.Second, modePermit(2)); err == nil {
+					if permits.Add(1) > 2 {
+						errs <- errors.New("3 permits of 2")
+						return
+					}
+					permits.Add(-1)
+					if err := b.ReleaseMode(ctx, key, tok, modePermit(2)); err != nil {
+						errs <- err
+						return
+					}
+				} else if !errors.Is(err, distlock.ErrNotAcquired) {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if grants.Load() == 0 {
+		t.Fatal("no read-write grant at all")
 	}
 }
