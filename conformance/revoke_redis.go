@@ -11,37 +11,46 @@ import (
 )
 
 // redisModeRevoke returns a ModeRevoker's function for the Redis server of
-// a redis:// or rediss:// URL (or every master of a redlock URL): it
-// deletes the server keys of key's primitive (redsync.ModeKeys with the
-// default fence key) in one DEL, taking it from all its holders at once,
-// and announces the change on the primitive's channel so that watchers
-// look again.
+// a redis:// or rediss:// URL (or every master of a redlock URL, which
+// holds no primitives): it deletes the server keys of key's primitive
+// (redsync.ModeKeys with the default fence key) in one DEL, taking it from
+// all its holders at once, and announces the change on the primitive's
+// channel (redsync.ModeChannel) so that watchers look again.
 func redisModeRevoke(rawURL string) func(ctx context.Context, key string, kind driver.Kind) error {
 	return func(ctx context.Context, key string, kind driver.Kind) error {
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), revokeTimeout)
-		defer cancel()
 		keys := redsyncbackend.ModeKeys(key, kind)
 		if keys == nil {
 			return errors.New("conformance: unknown primitive kind")
 		}
-		nodes, err := redisNodes(rawURL)
-		if err != nil {
-			return err
-		}
-		errs := make([]error, len(nodes))
-		var wg sync.WaitGroup
-		for i, opts := range nodes {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				c := redis.NewClient(opts)
-				defer c.Close()
-				if errs[i] = c.Del(ctx, keys...).Err(); errs[i] == nil {
-					errs[i] = c.Publish(ctx, redsyncbackend.ModeChannel(key, kind), "").Err()
-				}
-			}()
-		}
-		wg.Wait()
-		return errors.Join(errs...)
+		return onRedisNodes(ctx, rawURL, func(ctx context.Context, c *redis.Client) error {
+			if err := c.Del(ctx, keys...).Err(); err != nil {
+				return err
+			}
+			return c.Publish(ctx, redsyncbackend.ModeChannel(key, kind), "").Err()
+		})
 	}
+}
+
+// onRedisNodes runs f on a client of every server of a redis or redlock
+// URL at once, within revokeTimeout whether or not ctx ends meanwhile.
+func onRedisNodes(ctx context.Context, rawURL string, f func(context.Context, *redis.Client) error) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), revokeTimeout)
+	defer cancel()
+	nodes, err := redisNodes(rawURL)
+	if err != nil {
+		return err
+	}
+	errs := make([]error, len(nodes))
+	var wg sync.WaitGroup
+	for i, opts := range nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := redis.NewClient(opts)
+			errs[i] = f(ctx, c)
+			_ = c.Close()
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
 }

@@ -76,27 +76,18 @@ func (h redlockHarness) NewBackend(ctx context.Context) (driver.Backend, error) 
 // finishes even if ctx ends meanwhile: a case may end as soon as the first
 // deletions made it lose the lock.
 func revoke(ctx context.Context, srvs []*distlocktest.RedisServer, key string) error {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	errs := make([]error, len(srvs))
-	var wg sync.WaitGroup
-	for i, s := range srvs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c := redis.NewClient(&redis.Options{Addr: s.Addr})
-			errs[i] = c.Del(ctx, key).Err()
-			_ = c.Close()
-		}()
-	}
-	wg.Wait()
-	return errors.Join(errs...)
+	return onEach(ctx, srvs, func(ctx context.Context, c *redis.Client) error { return c.Del(ctx, key).Err() })
 }
 
 // revokeMode deletes the server keys of key's primitive of kind on every
-// server at once and announces it, as an operator would. It finishes even
-// if ctx ends meanwhile.
+// server at once and announces it, as an operator would.
 func revokeMode(ctx context.Context, srvs []*distlocktest.RedisServer, key string, kind driver.Kind, opts ...redsyncLocker.Option) error {
+	return onEach(ctx, srvs, func(ctx context.Context, c *redis.Client) error { return delMode(ctx, c, key, kind, opts...) })
+}
+
+// onEach runs f on a client of each server at once, within 10s whether or
+// not ctx ends meanwhile.
+func onEach(ctx context.Context, srvs []*distlocktest.RedisServer, f func(context.Context, *redis.Client) error) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	errs := make([]error, len(srvs))
@@ -106,7 +97,7 @@ func revokeMode(ctx context.Context, srvs []*distlocktest.RedisServer, key strin
 		go func() {
 			defer wg.Done()
 			c := redis.NewClient(&redis.Options{Addr: s.Addr})
-			errs[i] = delMode(ctx, c, key, kind, opts...)
+			errs[i] = f(ctx, c)
 			_ = c.Close()
 		}()
 	}

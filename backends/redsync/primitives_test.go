@@ -327,14 +327,12 @@ func TestModeRedlockDeclaresNone(t *testing.T) {
 	}
 }
 
-// TestModeWatch checks that WatchMode hears grants and releases made by
-// another backend, and the revoker's announcement.
-func TestModeWatch(t *testing.T) {
-	ctx := ctxTimeout(t, 20*time.Second)
-	watcher, other := newModeBackend(t), newModeBackend(t)
-	key := uniqueKey(t)
+// watchLeader watches key's election on b until t ends, and returns a
+// function that fails t unless a change is heard within 5s.
+func watchLeader(t *testing.T, b *redsyncLocker.Backend, key string) (heard func(after string)) {
+	t.Helper()
 	changed := make(chan struct{}, 1)
-	stop, err := watcher.WatchMode(ctx, key, modeLeader(""), func() {
+	stop, err := b.WatchMode(ctxTimeout(t, 10*time.Second), key, modeLeader(""), func() {
 		select {
 		case changed <- struct{}{}:
 		default:
@@ -343,21 +341,30 @@ func TestModeWatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer stop()
+	t.Cleanup(stop)
+	return func(after string) {
+		t.Helper()
+		select {
+		case <-changed:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no change heard within 5s of %s", after)
+		}
+	}
+}
+
+// TestModeWatch checks that WatchMode hears grants and releases made by
+// another backend, and the revoker's announcement.
+func TestModeWatch(t *testing.T) {
+	ctx := ctxTimeout(t, 20*time.Second)
+	watcher, other := newModeBackend(t), newModeBackend(t)
+	key := uniqueKey(t)
+	heard := watchLeader(t, watcher, key)
 	// A second watch of the same key shares the subscription.
 	stop2, err := watcher.WatchMode(ctx, key, modeLeader(""), func() {})
 	if err != nil {
 		t.Fatal(err)
 	}
 	stop2()
-	heard := func(what string) {
-		t.Helper()
-		select {
-		case <-changed:
-		case <-time.After(5 * time.Second):
-			t.Fatalf("no change heard within 5s of %s", what)
-		}
-	}
 	must(t)(other.AcquireMode(ctx, key, "a", 10*time.Second, modeLeader("v1")))
 	heard("a grant")
 	must(t)(other.AcquireMode(ctx, key, "a", 10*time.Second, modeLeader("v2")))
@@ -414,25 +421,11 @@ func TestModeCluster(t *testing.T) {
 		must(t)(b.AcquireMode(ctx, key, "r", 10*time.Second, modeRead))
 	}
 	// Watching works over the cluster's pub/sub.
-	changed := make(chan struct{}, 1)
-	stop, err := b.WatchMode(ctx, "k1", modeLeader(""), func() {
-		select {
-		case changed <- struct{}{}:
-		default:
-		}
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stop()
+	heard := watchLeader(t, b, "k1")
 	if err := b.ReleaseMode(ctx, "k1", "l", modeLeader("")); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case <-changed:
-	case <-time.After(5 * time.Second):
-		t.Fatal("no change heard on the cluster within 5s")
-	}
+	heard("a release on the cluster")
 }
 
 // TestModeExclusion runs backends of their own (as processes would) on one
