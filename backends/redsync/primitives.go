@@ -63,7 +63,8 @@ func modeKeys(fk, key string, kind driver.Kind) []string {
 
 // modeLua is what the mode scripts share. KEYS: 1 holders, 2 metadata,
 // 3 waiting writers, 4 fence counter; ARGV: 1 token, 2 ttl in ms, 3 kind
-// letter, 4 limit, 5 value, 6 "1" if fenced, 7 channel told of changes.
+// letter, 4 limit, 5 value, 6 "1" if fenced, 7 channel told of changes,
+// 8 "1" if a refused Write marks its token as waiting.
 // prune drops expired holders and marks; done sets the keys' expiry (or
 // deletes them once empty), publishes if the holders changed, and replies.
 const modeLua = `
@@ -111,8 +112,8 @@ local fence = cur and tonumber(string.sub(cur, 2)) or 0
 // modeAcquireScript replies {0, fence} for a new grant, {1, fence} for the
 // holder's re-acquire (TTL reset in place, fence kept; a leader's value
 // replaced), {-1, 0} when refused (a Write refused marks token as a
-// waiting writer until its ttl passes), {-2, 0} for a limit other than
-// the live permit holders'.
+// waiting writer until its ttl passes, if asked to), {-2, 0} for a limit
+// other than the live permit holders'.
 var modeAcquireScript = script(4, modeLua+`
 if cur then
   if not held then
@@ -138,7 +139,9 @@ if kind == 'r' then
   end
 elseif kind == 'w' then
   if n > 0 then
-    redis.call('ZADD', KEYS[3], now + ARGV[2], tok)
+    if ARGV[8] == '1' then
+      redis.call('ZADD', KEYS[3], now + ARGV[2], tok)
+    end
     return done(-1, 0)
   end
   redis.call('ZREM', KEYS[3], tok)
@@ -225,15 +228,23 @@ func (b *Backend) modeCall(key, token string, ttl time.Duration, m driver.Mode) 
 		return nil, fmt.Errorf("%w: semaphore limit %d: want at least 1", distlock.ErrInvalidArgument, m.Limit)
 	}
 	fk := b.fenceKeyFor(key)
-	fenced := "0"
-	if b.fenced {
-		fenced = "1"
-	}
-	out := make([]any, 0, 11)
+	out := make([]any, 0, 12)
 	for _, k := range modeKeys(fk, key, m.Kind) {
 		out = append(out, k)
 	}
-	return append(out, fk, token, ttl.Milliseconds(), letter[m.Kind], strconv.Itoa(m.Limit), m.Value, fenced, b.modeChannel(key, m.Kind)), nil
+	return append(out, fk, token, ttl.Milliseconds(), letter[m.Kind], strconv.Itoa(m.Limit), m.Value,
+		flag(b.fenced), b.modeChannel(key, m.Kind), flag(marks(m))), nil
+}
+
+// marks reports whether a refused AcquireMode in m leaves a waiting-writer
+// mark.
+func marks(m driver.Mode) bool { return m.Kind == driver.Write }
+
+func flag(b bool) string {
+	if b {
+		return "1"
+	}
+	return "0"
 }
 
 // modeChannel is the pub/sub channel on which the scripts announce that
