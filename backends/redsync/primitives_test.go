@@ -1,6 +1,7 @@
 package redsync_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sync"
@@ -499,5 +500,36 @@ func TestModeExclusion(t *testing.T) {
 	}
 	if grants.Load() == 0 {
 		t.Fatal("no read-write grant at all")
+	}
+}
+
+// BenchmarkModeAcquireRelease measures one grant and its release (two
+// scripts, two round trips) per kind, beside the plain lock's.
+func BenchmarkModeAcquireRelease(b *testing.B) {
+	be := redsyncLocker.NewBackend(newClient(b, sharedAddr))
+	b.Cleanup(func() { _ = be.Close() })
+	ctx := context.Background()
+	key := uniqueKey(b)
+	b.Run("plain", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := be.Acquire(ctx, key, "t", time.Minute); err != nil {
+				b.Fatal(err)
+			}
+			if err := be.Release(ctx, key, "t"); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	for _, m := range []driver.Mode{modeRead, modeWrite, modePermit(3), modeLeader("v")} {
+		b.Run(m.Kind.String(), func(b *testing.B) {
+			for b.Loop() {
+				if _, err := be.AcquireMode(ctx, key, "t", time.Minute, m); err != nil {
+					b.Fatal(err)
+				}
+				if err := be.ReleaseMode(ctx, key, "t", m); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
