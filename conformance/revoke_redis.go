@@ -10,6 +10,12 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
+func init() {
+	for _, scheme := range []string{"redis", "rediss", "redlock", "redlocks"} {
+		modeRevokers[scheme] = redisModeRevoke
+	}
+}
+
 // redisModeRevoke returns a ModeRevoker's function for the Redis server of
 // a redis:// or rediss:// URL (or every master of a redlock URL, which
 // holds no primitives): it deletes the server keys of key's primitive

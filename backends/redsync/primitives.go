@@ -237,8 +237,8 @@ func (b *Backend) modeCall(key, token string, ttl time.Duration, m driver.Mode) 
 }
 
 // marks reports whether a refused AcquireMode in m leaves a waiting-writer
-// mark.
-func marks(m driver.Mode) bool { return m.Kind == driver.Write }
+// mark: a Write by a caller that will try again (Mode.Waiting).
+func marks(m driver.Mode) bool { return m.Kind == driver.Write && m.Waiting }
 
 func flag(b bool) string {
 	if b {
@@ -277,8 +277,9 @@ func (b *Backend) modeEval(ctx context.Context, s *rsredis.Script, key, token st
 
 // AcquireMode implements driver.Primitives: one script that grants key
 // to token in m (see driver.Primitives for when), with a fence from the
-// key's fence counter when the backend fences. A Write refused marks
-// token as a waiting writer for ttl, which holds new readers off.
+// key's fence counter when the backend fences. A Write with Mode.Waiting
+// refused marks token as a waiting writer for ttl, which holds new readers
+// off; a try-once Write leaves nothing.
 func (b *Backend) AcquireMode(ctx context.Context, key, token string, ttl time.Duration, m driver.Mode) (driver.Grant, error) {
 	code, f, err := b.modeEval(ctx, modeAcquireScript, key, token, ttl, m)
 	switch {

@@ -19,6 +19,7 @@ import (
 var (
 	modeRead   = driver.Mode{Kind: driver.Read}
 	modeWrite  = driver.Mode{Kind: driver.Write}
+	modeWait   = driver.Mode{Kind: driver.Write, Waiting: true} // a Write that will try again
 	modeLeader = func(v string) driver.Mode { return driver.Mode{Kind: driver.Leader, Value: v} }
 	modePermit = func(n int) driver.Mode { return driver.Mode{Kind: driver.Permit, Limit: n} }
 )
@@ -85,9 +86,16 @@ func TestModeReadWrite(t *testing.T) {
 	if got := inspect(t, b, key, modeRead); got.Holders != 2 || got.Exclusive {
 		t.Fatalf("inspect with two readers: %+v", got)
 	}
-	// A writer is refused and marks itself; new readers are then refused
-	// (writer preference), a reader's re-acquire is not.
+	// A try-once writer is refused and leaves nothing; a waiting one marks
+	// itself, and new readers are then refused (writer preference), a
+	// reader's re-acquire is not.
 	_, err := b.AcquireMode(ctx, key, "w", ttl, modeWrite)
+	wantErr(t, err, distlock.ErrNotAcquired)
+	must(t)(b.AcquireMode(ctx, key, "r3", ttl, modeRead))
+	if err := b.ReleaseMode(ctx, key, "r3", modeRead); err != nil {
+		t.Fatal(err)
+	}
+	_, err = b.AcquireMode(ctx, key, "w", ttl, modeWait)
 	wantErr(t, err, distlock.ErrNotAcquired)
 	_, err = b.AcquireMode(ctx, key, "r3", ttl, modeRead)
 	wantErr(t, err, distlock.ErrNotAcquired)
@@ -115,7 +123,7 @@ func TestModeReadWrite(t *testing.T) {
 	wantErr(t, err, distlock.ErrNotAcquired)
 	_, err = b.AcquireMode(ctx, key, "w", ttl, modeRead)
 	wantErr(t, err, distlock.ErrNotAcquired)
-	_, err = b.AcquireMode(ctx, key, "w2", ttl, modeWrite)
+	_, err = b.AcquireMode(ctx, key, "w2", ttl, modeWait)
 	wantErr(t, err, distlock.ErrNotAcquired)
 	wantErr(t, b.ReleaseMode(ctx, key, "w", modeRead), distlock.ErrNotHeld)
 	if err := b.ReleaseMode(ctx, key, "w", modeWrite); err != nil {
@@ -134,7 +142,7 @@ func TestModeWriterMarkExpires(t *testing.T) {
 	b := newModeBackend(t)
 	key := uniqueKey(t)
 	must(t)(b.AcquireMode(ctx, key, "r1", 10*time.Second, modeRead))
-	_, err := b.AcquireMode(ctx, key, "w", 200*time.Millisecond, modeWrite)
+	_, err := b.AcquireMode(ctx, key, "w", 200*time.Millisecond, modeWait)
 	wantErr(t, err, distlock.ErrNotAcquired)
 	start := time.Now()
 	for {
@@ -448,7 +456,7 @@ func TestModeExclusion(t *testing.T) {
 				tok := fmt.Sprintf("g%d-%d", g, i)
 				m := modeRead
 				if i%3 == 0 {
-					m = modeWrite
+					m = modeWait
 				}
 				if _, err := b.AcquireMode(ctx, key, tok, 10*time.Second, m); err == nil {
 					grants.Add(1)
