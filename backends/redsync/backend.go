@@ -25,6 +25,11 @@
 // and, where a go-redis client is at hand, the pub/sub subscription on
 // which a queued waiter is told that a release handed it the key. Waiters
 // on other pools poll the queue; Redlock waiters poll.
+//
+// On a single node (not Redlock) the Backend also offers read-write locks,
+// semaphores and elections (driver.Primitives, one script per operation,
+// see primitives.go) and, on a go-redis client, tells watchers of their
+// changes over pub/sub (driver.ModeWatcher).
 package redsync
 
 import (
@@ -72,6 +77,7 @@ type core struct {
 	ropts         []rs.Option // the caller's go-redsync options
 	pid           string      // names this backend's queue entries and channel
 	wake          *waker      // single node on go-redis: wake-ups of queued waiters
+	watch         modeWatchers
 	owned         []redis.UniversalClient
 
 	closeOnce sync.Once
@@ -122,6 +128,15 @@ var (
 // restarts without persistence forgets its counter, so no number derived
 // from them is guaranteed to increase. Use a single-node Backend (or
 // etcd/PostgreSQL) when the protected resource needs fencing.
+//
+// Redlock offers no read-write locks, semaphores or elections
+// (Capabilities.ReadWrite, Semaphore and Election are false; it does not
+// implement driver.Primitives): go-redsync's Mutex has none of them, and a
+// quorum of independent per-master holder sets cannot be honest about
+// exclusion — a master that fails over or restarts without persistence
+// forgets its readers or permits, and per-holder expiries drift apart
+// between masters, so two quorums could admit a writer beside readers or
+// one permit too many. Use a single-node Backend for them.
 type Redlock struct{ *core }
 
 // NewBackend returns a single-node backend over a go-redis client (a
@@ -400,17 +415,22 @@ func inspectOne(ctx context.Context, p rsredis.Pool, key string) (string, time.D
 }
 
 // Capabilities reports fencing (single node unless WithoutFencing),
-// cross-instance release and millisecond TTLs (Redlock: at least 10 ms, so
-// that a round leaves the lock some validity).
+// cross-instance release, millisecond TTLs (Redlock: at least 10 ms, so
+// that a round leaves the lock some validity) and, on a single node only,
+// read-write locks, semaphores and elections (see Backend.AcquireMode).
 func (c *core) Capabilities() driver.Capabilities {
+	single := len(c.pools) == 1
 	caps := driver.Capabilities{
 		Name:                 "redis",
 		Fencing:              c.fenced,
 		CrossInstanceRelease: true,
 		MinTTL:               time.Millisecond,
 		Granularity:          time.Millisecond,
+		ReadWrite:            single,
+		Semaphore:            single,
+		Election:             single,
 	}
-	if len(c.pools) > 1 {
+	if !single {
 		caps.Name, caps.MinTTL = "redlock", 10*time.Millisecond
 	}
 	return caps
@@ -423,6 +443,7 @@ func (c *core) Close() error {
 		if c.wake != nil {
 			c.wake.close()
 		}
+		c.watch.close()
 		for _, cl := range c.owned {
 			c.closeErr = errors.Join(c.closeErr, cl.Close())
 		}
@@ -459,11 +480,13 @@ func (c *core) checkKey(key string) error {
 // fenceKeyFor returns the counter key for key: one for a whole server, or
 // one per hash slot on Redis Cluster so the acquire script's two keys
 // always share a slot.
-func (c *core) fenceKeyFor(key string) string {
-	if !c.cluster {
-		return c.fenceKey
+func (c *core) fenceKeyFor(key string) string { return fenceKeyFor(c.fenceKey, c.cluster, key) }
+
+func fenceKeyFor(fenceKey string, cluster bool, key string) string {
+	if !cluster {
+		return fenceKey
 	}
-	return c.fenceKey + ":{" + slotTag(keySlot(key)) + "}"
+	return fenceKey + ":{" + slotTag(keySlot(key)) + "}"
 }
 
 // queueKey returns the name of key's queue of waiters: beside the fence

@@ -33,6 +33,10 @@ func (h singleHarness) Revoke(ctx context.Context, key string) error {
 	return revoke(ctx, []*distlocktest.RedisServer{h.srv}, key)
 }
 
+func (h singleHarness) RevokeMode(ctx context.Context, key string, kind driver.Kind) error {
+	return revokeMode(ctx, []*distlocktest.RedisServer{h.srv}, key, kind, h.opts...)
+}
+
 // masters are servers a harness stops, starts and revokes on together.
 type masters []*distlocktest.RedisServer
 
@@ -55,6 +59,12 @@ func (ms masters) Start(ctx context.Context) error {
 
 func (ms masters) Revoke(ctx context.Context, key string) error { return revoke(ctx, ms, key) }
 
+// RevokeMode deletes key's primitive on every master (a Redlock has none;
+// harmless there).
+func (ms masters) RevokeMode(ctx context.Context, key string, kind driver.Kind) error {
+	return revokeMode(ctx, ms, key, kind)
+}
+
 // redlockHarness runs the suite against a Redlock of its own masters.
 type redlockHarness struct{ masters }
 
@@ -66,6 +76,18 @@ func (h redlockHarness) NewBackend(ctx context.Context) (driver.Backend, error) 
 // finishes even if ctx ends meanwhile: a case may end as soon as the first
 // deletions made it lose the lock.
 func revoke(ctx context.Context, srvs []*distlocktest.RedisServer, key string) error {
+	return onEach(ctx, srvs, func(ctx context.Context, c *redis.Client) error { return c.Del(ctx, key).Err() })
+}
+
+// revokeMode deletes the server keys of key's primitive of kind on every
+// server at once and announces it, as an operator would.
+func revokeMode(ctx context.Context, srvs []*distlocktest.RedisServer, key string, kind driver.Kind, opts ...redsyncLocker.Option) error {
+	return onEach(ctx, srvs, func(ctx context.Context, c *redis.Client) error { return delMode(ctx, c, key, kind, opts...) })
+}
+
+// onEach runs f on a client of each server at once, within 10s whether or
+// not ctx ends meanwhile.
+func onEach(ctx context.Context, srvs []*distlocktest.RedisServer, f func(context.Context, *redis.Client) error) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	errs := make([]error, len(srvs))
@@ -75,12 +97,21 @@ func revoke(ctx context.Context, srvs []*distlocktest.RedisServer, key string) e
 		go func() {
 			defer wg.Done()
 			c := redis.NewClient(&redis.Options{Addr: s.Addr})
-			errs[i] = c.Del(ctx, key).Err()
+			errs[i] = f(ctx, c)
 			_ = c.Close()
 		}()
 	}
 	wg.Wait()
 	return errors.Join(errs...)
+}
+
+// delMode deletes key's primitive of kind through c and publishes the
+// change on its channel.
+func delMode(ctx context.Context, c redis.Cmdable, key string, kind driver.Kind, opts ...redsyncLocker.Option) error {
+	if err := c.Del(ctx, redsyncLocker.ModeKeys(key, kind, opts...)...).Err(); err != nil {
+		return err
+	}
+	return c.Publish(ctx, redsyncLocker.ModeChannel(key, kind, opts...), "").Err()
 }
 
 // clusterHarness runs the suite against a Redis Cluster of its own,
@@ -124,6 +155,14 @@ func (h clusterHarness) Revoke(ctx context.Context, key string) error {
 	return c.Del(ctx, key).Err()
 }
 
+func (h clusterHarness) RevokeMode(ctx context.Context, key string, kind driver.Kind) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: h.c.Addrs()})
+	defer c.Close()
+	return delMode(ctx, c, key, kind, redsyncLocker.WithCluster())
+}
+
 // sentinelHarness runs the suite against a master found through a
 // Sentinel, with go-redis's failover client.
 type sentinelHarness struct{ s *distlocktest.RedisSentinel }
@@ -147,6 +186,10 @@ func (h sentinelHarness) Revoke(ctx context.Context, key string) error {
 	return revoke(ctx, []*distlocktest.RedisServer{h.s.Master}, key)
 }
 
+func (h sentinelHarness) RevokeMode(ctx context.Context, key string, kind driver.Kind) error {
+	return revokeMode(ctx, []*distlocktest.RedisServer{h.s.Master}, key, kind)
+}
+
 var (
 	_ conformance.Stopper = clusterHarness{}
 	_ conformance.Revoker = clusterHarness{}
@@ -156,6 +199,11 @@ var (
 	_ conformance.Revoker = singleHarness{}
 	_ conformance.Stopper = redlockHarness{}
 	_ conformance.Revoker = redlockHarness{}
+
+	_ conformance.ModeRevoker = singleHarness{}
+	_ conformance.ModeRevoker = clusterHarness{}
+	_ conformance.ModeRevoker = sentinelHarness{}
+	_ conformance.ModeRevoker = redlockHarness{}
 )
 
 func TestConformance(t *testing.T) {
