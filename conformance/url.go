@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/distlock/distlock"
@@ -142,25 +141,7 @@ const revokeTimeout = 20 * time.Second
 // redlocks:// URL at once: the lock lives under its key as given (DEL key).
 func RedisRevoker(rawURL string) Revoker {
 	return RevokerFunc(func(ctx context.Context, key string) error {
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), revokeTimeout)
-		defer cancel()
-		nodes, err := redisNodes(rawURL)
-		if err != nil {
-			return err
-		}
-		errs := make([]error, len(nodes))
-		var wg sync.WaitGroup
-		for i, opts := range nodes {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				c := redis.NewClient(opts)
-				errs[i] = c.Del(ctx, key).Err()
-				_ = c.Close()
-			}()
-		}
-		wg.Wait()
-		return errors.Join(errs...)
+		return onRedisNodes(ctx, rawURL, func(ctx context.Context, c *redis.Client) error { return c.Del(ctx, key).Err() })
 	})
 }
 
