@@ -314,3 +314,60 @@ func memoryCampaigner(url string, ttl time.Duration) Campaigner {
 		}, nil
 	}
 }
+
+// TestPrimitivesHarness runs the primitives' harness briefly on the memory
+// backend, which must pass, and on locks that let too many in, which it
+// must catch.
+func TestPrimitivesHarness(t *testing.T) {
+	ctx := context.Background()
+	url := fmt.Sprintf("memory://harness-%d", time.Now().UnixNano())
+	mgrs := make([]*distlock.Manager, 17)
+	for i := range mgrs {
+		m, err := distlock.Open(ctx, url, distlock.WithRetry(contendedRetry))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = m.Close() })
+		mgrs[i] = m
+	}
+	none := func(context.Context, string) (func(context.Context) error, error) {
+		return func(context.Context) error { return nil }, nil
+	}
+	mutex := ReadHeavy{Writer: plainLock(mgrs[16]), Work: primWork}
+	rw := ReadHeavy{Writer: writeLock(mgrs[16]), SharedReads: true, Work: primWork}
+	loose := ReadHeavy{Writer: none, Work: primWork}
+	for _, m := range mgrs[:16] {
+		mutex.Readers = append(mutex.Readers, plainLock(m))
+		rw.Readers = append(rw.Readers, readLock(m))
+		loose.Readers = append(loose.Readers, none)
+	}
+	res, err := ReadHeavyInterleaved(ctx, 1, 300*time.Millisecond, []string{"mutex", "rw"}, mutex, rw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := res["rw"]; r.MaxReaders < 2 || r.WriterOpsPerSec == 0 || res["mutex"].MaxReaders != 1 {
+		t.Fatalf("mutex: %s; rw: %s: want shared reads under rw only, and writes", res["mutex"], r)
+	}
+	if _, err := ReadHeavyInterleaved(ctx, 1, 300*time.Millisecond, []string{"none"}, loose); !errors.Is(err, ErrTooManyHolders) {
+		t.Fatalf("no lock: %v, want ErrTooManyHolders", err)
+	}
+
+	four, five := make([]LockFunc, 16), make([]LockFunc, 16)
+	for i, m := range mgrs[:16] {
+		four[i], five[i] = permit(m, 4), permit(m, 5)
+	}
+	r, err := SemaphoreRun(ctx, 4, 1, 300*time.Millisecond, primWork, four)
+	if err != nil || r.MaxHolders < 2 || r.MaxHolders > 4 {
+		t.Fatalf("semaphore of 4: %s, %v", r, err)
+	}
+	if _, err := SemaphoreRun(ctx, 4, 1, 300*time.Millisecond, primWork, five); !errors.Is(err, ErrTooManyHolders) {
+		t.Fatalf("semaphore of 5 counted against 4: %v, want ErrTooManyHolders", err)
+	}
+
+	const ttl = 100 * time.Millisecond
+	samples, err := Failover(ctx, 3, 1, 50*time.Millisecond, 10*time.Second, memoryCampaigner(url, ttl), ManagerLeader(mgrs[0], ttl))
+	if err != nil || len(samples) != 1 || samples[0].Took <= 0 || samples[0].Took > 5*time.Second {
+		t.Fatalf("failover: %v, %v", samples, err)
+	}
+	t.Logf("failover with a lease of %v: %v", ttl, samples[0].Took)
+}
