@@ -374,9 +374,10 @@ func (m *Manager) waitMode(ctx context.Context, key, token string, ttl time.Dura
 			}
 			stop := context.AfterFunc(m.closeCtx, cancel)
 			g, err = waiter.AcquireModeWait(wctx, key, token, ttl, mode)
+			ended := wctx.Err() != nil // before cancel, which ends it
 			stop()
 			cancel()
-			if err != nil && ctx.Err() == nil && wctx.Err() != nil && classify(err) != ErrUnavailable {
+			if err != nil && ctx.Err() == nil && ended && classify(err) == ErrNotAcquired {
 				if m.closed.Load() {
 					return fail(ErrClosed, nil)
 				}
