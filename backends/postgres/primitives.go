@@ -1,0 +1,693 @@
+package postgres
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/distlock/distlock"
+	"github.com/distlock/distlock/driver"
+)
+
+// The primitives (driver.Primitives) on advisory locks. Every hold is an
+// entry of b.modes with its own token, TTL, fence and timer, held on a
+// holder session (or, after AcquireModeWait, on the connection that waited)
+// exactly as a plain lock is: the machinery of postgres.go, session.go and
+// wait.go serves both. The advisory lock keys of the primitives come from
+// hash domains of their own (ModeLockID), apart from LockID's.
+//
+//   - Read and Write: pg_try_advisory_lock_shared / pg_try_advisory_lock on
+//     the key's read-write id. Advisory locks stack per session, so each
+//     reader of a session takes (and releases) its own share.
+//   - Permit: pg_try_advisory_lock on one of Limit slot ids, plus two shared
+//     locks that every holder takes: the semaphore's "held" id and its
+//     "limit" id (a hash of key and limit). Live holders agree on the limit
+//     when as many sessions hold the limit id as hold the held id.
+//   - Leader: pg_try_advisory_lock on the election's id; the leader's
+//     token, value, fence and expiry are written to the table (WithTable)
+//     in the same statement, and read back joined with pg_locks, so the row
+//     of a leader whose session is gone is never reported.
+//
+// A refused Write records its token as a waiting writer in the table until
+// its TTL passes (or ReleaseMode(Write)); a Read by a new token is refused
+// while such a mark lives. Waits (AcquireModeWait) queue in the server's
+// lock manager, which lets no new shared request overtake a waiting
+// exclusive one.
+
+// MaxPermits is the largest semaphore limit the backend accepts: every
+// acquire offers the server the slots it may take.
+const MaxPermits = 4096
+
+// modeKey names a key of a primitive: space is 'r' (read-write lock), 'p'
+// (semaphore) or 'l' (election).
+type modeKey struct {
+	space byte
+	key   string
+}
+
+func spaceOf(k driver.Kind) byte {
+	switch k {
+	case driver.Read, driver.Write:
+		return 'r'
+	case driver.Permit:
+		return 'p'
+	}
+	return 'l'
+}
+
+// Hash domains of the primitives' advisory lock keys.
+const (
+	domainRW     = "distlock/rw/v1"
+	domainLeader = "distlock/leader/v1"
+	domainHeld   = "distlock/sem-held/v1"
+	domainLimit  = "distlock/sem-limit/v1"
+	domainSlot   = "distlock/sem-slot/v1"
+)
+
+// ModeLockID returns the advisory lock key that every holder of key in
+// kind's key space holds in namespace: the read-write lock's (Read, Write;
+// shared by readers, exclusive for a writer), the election's (Leader,
+// exclusive), or the semaphore's "held" key (Permit, shared by every
+// holder). It is computed as LockID is, with a domain of its own:
+//
+//	SHA-256(domain || "\x00" || uint32be(len(namespace)) || namespace || uint32be(0) || key)
+//
+// with domain "distlock/rw/v1", "distlock/leader/v1" or
+// "distlock/sem-held/v1", so no plain lock's key can reach it. It returns 0
+// for another kind.
+func ModeLockID(namespace string, kind driver.Kind, key string) int64 {
+	switch kind {
+	case driver.Read, driver.Write:
+		return modeID(namespace, domainRW, 0, key)
+	case driver.Leader:
+		return modeID(namespace, domainLeader, 0, key)
+	case driver.Permit:
+		return modeID(namespace, domainHeld, 0, key)
+	}
+	return 0
+}
+
+func modeID(namespace, domain string, part uint32, key string) int64 {
+	h := sha256.New()
+	var n [4]byte
+	h.Write([]byte(domain))
+	h.Write([]byte{0})
+	binary.BigEndian.PutUint32(n[:], uint32(len(namespace)))
+	h.Write(n[:])
+	h.Write([]byte(namespace))
+	binary.BigEndian.PutUint32(n[:], part)
+	h.Write(n[:])
+	h.Write([]byte(key))
+	var sum [sha256.Size]byte
+	return int64(binary.BigEndian.Uint64(h.Sum(sum[:0])[:8]))
+}
+
+func (b *Backend) modeID(domain string, part uint32, key string) int64 {
+	return modeID(b.cfg.namespace, domain, part, key)
+}
+
+var (
+	_ driver.Primitives = (*Backend)(nil)
+	_ driver.ModeWaiter = (*Backend)(nil)
+)
+
+// createTable creates the table of waiting writers and leaders.
+func createTable(ctx context.Context, c *pgx.Conn, table string) error {
+	_, err := c.Exec(ctx, "CREATE TABLE IF NOT EXISTS "+quoteIdent(table)+" (id bigint NOT NULL, token text NOT NULL,"+
+		" value text NOT NULL DEFAULT '', fence bigint NOT NULL DEFAULT 0, pid int NOT NULL DEFAULT 0,"+
+		" expires timestamptz NOT NULL, PRIMARY KEY (id, token))")
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && (pe.Code == "23505" || pe.Code == "42P07") {
+		return nil // created concurrently
+	}
+	if err != nil {
+		return fmt.Errorf("postgres: creating table %s: %w", table, err)
+	}
+	return nil
+}
+
+// lockMatch is the pg_locks condition of the bigint advisory lock whose
+// high and low 32 bits are the parameters hi and lo.
+func lockMatch(hi, lo string) string {
+	return "locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())" +
+		" AND classid = " + hi + "::int8::oid AND objid = " + lo + "::int8::oid AND objsubid = 1"
+}
+
+func hiLo(id int64) (int64, int64) {
+	return int64(uint32(uint64(id) >> 32)), int64(uint32(id))
+}
+
+// The statements of the primitives. Each returns a bigint (a fence, or 0
+// when refused, or -1 for a limit mismatch) and the backend PID.
+func (b *Backend) tbl() string { return quoteIdent(b.cfg.table) }
+
+const ttlExpr = "clock_timestamp() + %s::int8 * interval '1 millisecond'"
+
+// readSQL: $1 id, $2/$3 its halves, $4 whether this session holds a share
+// already (its own lock table would grant another at once, even behind a
+// waiting writer: ask pg_locks).
+func (b *Backend) readSQL() string {
+	return "SELECT CASE WHEN EXISTS (SELECT 1 FROM " + b.tbl() + " WHERE id = $1 AND expires > clock_timestamp()) THEN 0" +
+		" WHEN $4::bool AND EXISTS (SELECT 1 FROM pg_locks WHERE " + lockMatch("$2", "$3") + " AND NOT granted) THEN 0" +
+		" WHEN pg_try_advisory_lock_shared($1) THEN nextval(" + seqLit(b.cfg.sequence) + ") ELSE 0 END, pg_backend_pid()"
+}
+
+// writeSQL: $1 id, $2 token, $3 ttl in ms, $4 whether to try the lock (if
+// not, or refused, token is marked as a waiting writer; granted, its mark
+// goes).
+func (b *Backend) writeSQL() string {
+	return "WITH l AS MATERIALIZED (SELECT CASE WHEN $4::bool THEN pg_try_advisory_lock($1) ELSE false END AS ok)," +
+		" f AS MATERIALIZED (SELECT CASE WHEN ok THEN nextval(" + seqLit(b.cfg.sequence) + ") ELSE 0 END AS fence FROM l)," +
+		" m AS (INSERT INTO " + b.tbl() + " (id, token, expires) SELECT $1, $2::text, " + fmt.Sprintf(ttlExpr, "$3") +
+		" FROM l WHERE NOT ok ON CONFLICT (id, token) DO UPDATE SET expires = excluded.expires)," +
+		" d AS (DELETE FROM " + b.tbl() + " WHERE id = $1 AND token = $2 AND (SELECT ok FROM l))" +
+		" SELECT fence, pg_backend_pid() FROM f"
+}
+
+// leaderCTEs records the leader once f has its fence: $1 id, and the
+// parameters of token, value and ttl (ms).
+func (b *Backend) leaderCTEs(token, value, ttl, pid string) string {
+	return ", d AS (DELETE FROM " + b.tbl() + " WHERE id = $1 AND token <> " + token + "::text AND (SELECT fence FROM f) > 0)," +
+		" i AS (INSERT INTO " + b.tbl() + " (id, token, value, fence, pid, expires) SELECT $1, " + token + "::text, " + value +
+		"::text, fence, " + pid + ", " + fmt.Sprintf(ttlExpr, ttl) + " FROM f WHERE fence > 0" +
+		" ON CONFLICT (id, token) DO UPDATE SET value = excluded.value, fence = excluded.fence, pid = excluded.pid, expires = excluded.expires)"
+}
+
+// leaderSQL: $1 id, $2 token, $3 value, $4 ttl in ms.
+func (b *Backend) leaderSQL() string {
+	return "WITH l AS MATERIALIZED (SELECT pg_try_advisory_lock($1) AS ok)," +
+		" f AS MATERIALIZED (SELECT CASE WHEN ok THEN nextval(" + seqLit(b.cfg.sequence) + ") ELSE 0 END AS fence FROM l)" +
+		b.leaderCTEs("$2", "$3", "$4", "pg_backend_pid()") + " SELECT fence, pg_backend_pid() FROM f"
+}
+
+// leaderUpdateSQL: the leader $2 of $1 publishes $3 and lives $4 ms more.
+func (b *Backend) leaderUpdateSQL() string {
+	return "WITH u AS (UPDATE " + b.tbl() + " SET value = $3, expires = " + fmt.Sprintf(ttlExpr, "$4") +
+		" WHERE id = $1 AND token = $2 RETURNING 1) SELECT count(*), pg_backend_pid() FROM u"
+}
+
+// permitSQL: $1 the held id, $2 the limit id, $3..$6 their halves, $7 the
+// slot ids to try in order. It takes both shared locks, then checks that
+// every session holding the first holds the second (else -1, undone), then
+// takes the first free slot (else 0, undone). Third column: the slot's id.
+func (b *Backend) permitSQL() string {
+	both := "(pg_advisory_unlock_shared($2)::int & pg_advisory_unlock_shared($1)::int)"
+	return "WITH c AS MATERIALIZED (SELECT CASE" +
+		" WHEN NOT pg_try_advisory_lock_shared($1) THEN 0" +
+		" WHEN NOT pg_try_advisory_lock_shared($2) THEN 0 * pg_advisory_unlock_shared($1)::int" +
+		" WHEN (SELECT count(*) FROM pg_locks WHERE " + lockMatch("$3", "$4") + " AND granted) <>" +
+		" (SELECT count(*) FROM pg_locks WHERE " + lockMatch("$5", "$6") + " AND granted) THEN -" + both +
+		" ELSE -2 END AS st)," +
+		" sl AS MATERIALIZED (SELECT u.id FROM unnest($7::int8[]) AS u(id) WHERE CASE WHEN (SELECT st FROM c) = -2" +
+		" THEN pg_try_advisory_lock(u.id) ELSE false END LIMIT 1)" +
+		" SELECT CASE WHEN st <> -2 THEN st WHEN NOT EXISTS (SELECT 1 FROM sl) THEN 0 * " + both +
+		" ELSE nextval(" + seqLit(b.cfg.sequence) + ") END, pg_backend_pid(), coalesce((SELECT id FROM sl), 0) FROM c"
+}
+
+// unlockMode returns what ends h on its session: CTEs to run first, and
+// an int expression that is 1 if the lock was held.
+func (b *Backend) unlockMode(h *held) (with, expr string, args []any) {
+	switch h.kind {
+	case driver.Read:
+		return "", "pg_advisory_unlock_shared($1)::int", []any{h.id}
+	case driver.Permit:
+		return "", "(pg_advisory_unlock($1)::int & pg_advisory_unlock_shared($2)::int & pg_advisory_unlock_shared($3)::int)",
+			[]any{h.id, h.pair[0], h.pair[1]}
+	case driver.Leader:
+		return "WITH d AS (DELETE FROM " + b.tbl() + " WHERE id = $1 AND token = $2) ", "pg_advisory_unlock($1)::int", []any{h.id, h.token}
+	}
+	return "", "pg_advisory_unlock($1)::int", []any{h.id}
+}
+
+// currentLocked reports whether h is still the Backend's entry of its key
+// (and token). Called with b.mu held.
+func (b *Backend) currentLocked(h *held) bool {
+	if h.kind == 0 {
+		return b.locks[h.key] == h
+	}
+	return b.modes[h.mk][h.token] == h
+}
+
+// forgetModeLocked removes h from b.modes. Called with b.mu held.
+func (b *Backend) forgetModeLocked(h *held) {
+	hs := b.modes[h.mk]
+	if hs[h.token] == h {
+		delete(hs, h.token)
+	}
+	if len(hs) == 0 {
+		delete(b.modes, h.mk)
+	}
+}
+
+// holdsLocked returns the live holds of mk by token, expiring those whose
+// TTL has passed. Called with b.mu held.
+func (b *Backend) holdsLocked(mk modeKey, now time.Time) map[string]*held {
+	for _, h := range b.modes[mk] {
+		if !h.pending && !now.Before(h.expiry) {
+			b.expireLocked(h)
+		}
+	}
+	return b.modes[mk]
+}
+
+// modeHeldLocked finds a live hold of key by token in any primitive.
+// Called with b.mu held.
+func (b *Backend) modeHeldLocked(key, token string) *held {
+	now := time.Now()
+	for _, sp := range []byte{'r', 'p', 'l'} {
+		if h := b.holdsLocked(modeKey{sp, key}, now)[token]; h != nil {
+			return h
+		}
+	}
+	return nil
+}
+
+func checkMode(m driver.Mode) error {
+	switch m.Kind {
+	case driver.Read, driver.Write, driver.Leader:
+		return nil
+	case driver.Permit:
+		if m.Limit < 1 || m.Limit > MaxPermits {
+			return fmt.Errorf("%w: postgres: semaphore limit %d outside 1..%d", distlock.ErrInvalidArgument, m.Limit, MaxPermits)
+		}
+		return nil
+	}
+	return distlock.ErrUnsupported
+}
+
+// needTable makes sure the table exists before a statement uses it: a
+// failing statement would end its session, with the other locks on it.
+func (b *Backend) needTable(ctx context.Context, k driver.Kind) error {
+	if k == driver.Permit {
+		return nil
+	}
+	b.mu.Lock()
+	ok := b.tableOK
+	b.mu.Unlock()
+	if ok {
+		return nil
+	}
+	c, err := b.pool.Acquire(ctx)
+	if err != nil {
+		return b.unavailable(describeConnError(err))
+	}
+	defer c.Release()
+	if err := c.QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", b.tbl()).Scan(&ok); err != nil {
+		return b.unavailable(classifyErr(err))
+	}
+	if !ok && b.cfg.migrate {
+		if err := createTable(ctx, c.Conn(), b.cfg.table); err != nil {
+			return b.unavailable(err)
+		}
+		ok = true
+	}
+	if !ok {
+		return b.unavailable(fmt.Errorf("postgres: table %s does not exist: call postgres.Migrate or allow auto-migration", b.cfg.table))
+	}
+	b.mu.Lock()
+	b.tableOK = true
+	b.mu.Unlock()
+	return nil
+}
+
+func ms(d time.Duration) int64 { return max(d.Milliseconds(), 1) }
+
+// AcquireMode implements driver.Primitives: one statement on the key's
+// holder session (see the package's Primitives documentation).
+func (b *Backend) AcquireMode(ctx context.Context, key, token string, ttl time.Duration, m driver.Mode) (driver.Grant, error) {
+	if err := checkMode(m); err != nil {
+		return driver.Grant{}, err
+	}
+	if err := b.needTable(ctx, m.Kind); err != nil {
+		return driver.Grant{}, err
+	}
+	mk := modeKey{spaceOf(m.Kind), key}
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return driver.Grant{}, distlock.Unavailable(errClosed)
+	}
+	hs := b.holdsLocked(mk, time.Now())
+	if h := hs[token]; h != nil {
+		b.mu.Unlock()
+		switch {
+		case h.pending || h.kind != m.Kind:
+			return driver.Grant{}, distlock.ErrNotAcquired
+		case m.Kind == driver.Permit && h.limit != m.Limit:
+			return driver.Grant{}, distlock.ErrLimitMismatch
+		}
+		return b.refreshMode(ctx, key, token, ttl, m, distlock.ErrNotAcquired)
+	}
+	h := &held{key: key, token: token, pending: true, kind: m.Kind, mk: mk, value: m.Value, limit: m.Limit}
+	o := &op{kind: opLock, h: h, ttl: ttl, done: make(chan struct{})}
+	route := int64(0) // the id that picks the session
+	switch m.Kind {
+	case driver.Read:
+		h.id = b.modeID(domainRW, 0, key)
+		route = h.id
+		local := false
+		for _, x := range hs {
+			if x.kind == driver.Write {
+				b.mu.Unlock()
+				return driver.Grant{}, distlock.ErrNotAcquired
+			}
+			local = local || x.s == b.sessionFor(route)
+		}
+		hi, lo := hiLo(h.id)
+		o.sql, o.args = b.readSQL(), []any{h.id, hi, lo, local}
+	case driver.Write:
+		h.id = b.modeID(domainRW, 0, key)
+		route = h.id
+		o.sql, o.args = b.writeSQL(), []any{h.id, token, ms(ttl), len(hs) == 0}
+		if len(hs) > 0 { // held here (the server would let this session in): mark only
+			o = &op{kind: opSQL, sql: o.sql, args: o.args, done: make(chan struct{})}
+			b.sessionFor(route).enqueueLocked(o)
+			b.mu.Unlock()
+			if err := b.wait(ctx, o); err != nil {
+				return driver.Grant{}, err
+			}
+			if o.err != nil {
+				return driver.Grant{}, b.unavailable(o.err)
+			}
+			return driver.Grant{}, distlock.ErrNotAcquired
+		}
+	case driver.Leader:
+		h.id = b.modeID(domainLeader, 0, key)
+		route = h.id
+		if len(hs) > 0 {
+			b.mu.Unlock()
+			return driver.Grant{}, distlock.ErrNotAcquired
+		}
+		o.sql, o.args = b.leaderSQL(), []any{h.id, token, m.Value, ms(ttl)}
+	case driver.Permit:
+		taken := map[int64]bool{}
+		for _, x := range hs {
+			if x.limit != m.Limit {
+				b.mu.Unlock()
+				return driver.Grant{}, distlock.ErrLimitMismatch
+			}
+			taken[x.id] = true
+		}
+		h.pair = [2]int64{b.modeID(domainHeld, 0, key), b.modeID(domainLimit, uint32(m.Limit), key)}
+		route = h.pair[0]
+		// Start at a random slot: concurrent acquirers rarely collide.
+		ids := make([]int64, 0, m.Limit)
+		for i, start := 0, rand.IntN(m.Limit); i < m.Limit; i++ {
+			if id := b.modeID(domainSlot, uint32((start+i)%m.Limit), key); !taken[id] {
+				ids = append(ids, id)
+			}
+		}
+		if len(ids) == 0 {
+			b.mu.Unlock()
+			return driver.Grant{}, distlock.ErrNotAcquired
+		}
+		ahi, alo := hiLo(h.pair[0])
+		lhi, llo := hiLo(h.pair[1])
+		o.sql, o.args, o.withAux = b.permitSQL(), []any{h.pair[0], h.pair[1], ahi, alo, lhi, llo, ids}, true
+	}
+	h.s = b.sessionFor(route)
+	o.id = h.id
+	if hs == nil {
+		hs = map[string]*held{}
+		b.modes[mk] = hs
+	}
+	hs[token] = h
+	h.s.enqueueLocked(o)
+	b.mu.Unlock()
+
+	if err := b.wait(ctx, o); err != nil {
+		return driver.Grant{}, err
+	}
+	switch {
+	case o.err != nil:
+		return driver.Grant{}, b.unavailable(o.err)
+	case o.ok:
+		return driver.Grant{TTL: ttl, Fence: o.fence}, nil
+	case o.val < 0:
+		return driver.Grant{}, distlock.ErrLimitMismatch
+	}
+	return driver.Grant{}, distlock.ErrNotAcquired
+}
+
+// refreshMode resets the TTL of token's hold of key in m (a leader
+// re-acquiring publishes m.Value), else returns notHeld.
+func (b *Backend) refreshMode(ctx context.Context, key, token string, ttl time.Duration, m driver.Mode, notHeld error) (driver.Grant, error) {
+	mk := modeKey{spaceOf(m.Kind), key}
+	r := refreshOf{
+		find: func(now time.Time) *held {
+			if h := b.holdsLocked(mk, now)[token]; h != nil && h.kind == m.Kind {
+				return h
+			}
+			return nil
+		},
+		missing: func(bool) error { return notHeld },
+	}
+	if m.Kind == driver.Leader {
+		r.req = func(h *held) *op {
+			if notHeld == distlock.ErrNotAcquired { // a re-acquire
+				h.value = m.Value
+			}
+			return &op{kind: opSQL, sql: b.leaderUpdateSQL(), args: []any{h.id, token, h.value, ms(ttl)}, done: make(chan struct{})}
+		}
+	}
+	return b.refreshHeld(ctx, token, ttl, notHeld, r)
+}
+
+// ExtendMode implements driver.Primitives.
+func (b *Backend) ExtendMode(ctx context.Context, key, token string, ttl time.Duration, m driver.Mode) (driver.Grant, error) {
+	if err := checkMode(driver.Mode{Kind: m.Kind, Limit: max(m.Limit, 1)}); err != nil {
+		return driver.Grant{}, err
+	}
+	return b.refreshMode(ctx, key, token, ttl, m, distlock.ErrNotHeld)
+}
+
+// ReleaseMode implements driver.Primitives. In Write, a token holding
+// nothing has its waiting-writer mark removed (and gets ErrNotHeld).
+func (b *Backend) ReleaseMode(ctx context.Context, key, token string, m driver.Mode) error {
+	if err := checkMode(driver.Mode{Kind: m.Kind, Limit: max(m.Limit, 1)}); err != nil {
+		return err
+	}
+	mk := modeKey{spaceOf(m.Kind), key}
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return distlock.Unavailable(errClosed)
+	}
+	h := b.holdsLocked(mk, time.Now())[token]
+	if h == nil || h.pending || h.kind != m.Kind {
+		b.mu.Unlock()
+		if m.Kind != driver.Write || h != nil {
+			return distlock.ErrNotHeld
+		}
+		if err := b.needTable(ctx, m.Kind); err != nil {
+			return err
+		}
+		id := b.modeID(domainRW, 0, key)
+		b.mu.Lock()
+		o := &op{kind: opSQL, done: make(chan struct{}),
+			sql:  "WITH d AS (DELETE FROM " + b.tbl() + " WHERE id = $1 AND token = $2 RETURNING 1) SELECT count(*), pg_backend_pid() FROM d",
+			args: []any{id, token}}
+		b.sessionFor(id).enqueueLocked(o)
+		b.mu.Unlock()
+		if err := b.wait(ctx, o); err != nil {
+			return err
+		}
+		if o.err != nil {
+			return b.unavailable(o.err)
+		}
+		return distlock.ErrNotHeld
+	}
+	o := &op{kind: opUnlock, id: h.id, h: h, done: make(chan struct{})}
+	h.s.enqueueLocked(o)
+	h.released = true
+	b.dropLocked(h, false)
+	b.mu.Unlock()
+	if err := b.wait(ctx, o); err != nil {
+		return err
+	}
+	if o.err != nil {
+		return b.unavailable(o.err)
+	}
+	if !o.ok {
+		return distlock.ErrNotHeld
+	}
+	return nil
+}
+
+// AcquireModeWait implements driver.ModeWaiter. Read, Write and Leader wait
+// in the server's lock queue as AcquireWait does (a connection of the pool
+// per waiter, which becomes the hold's session); the server serves
+// writers queued before a reader first. Permit has no single queue to
+// wait in: it retries AcquireMode with a backoff (2ms doubling to 100ms).
+func (b *Backend) AcquireModeWait(ctx context.Context, key, token string, ttl time.Duration, m driver.Mode) (driver.Grant, error) {
+	if err := checkMode(m); err != nil {
+		return driver.Grant{}, err
+	}
+	if m.Kind == driver.Permit {
+		return b.pollPermit(ctx, key, token, ttl, m)
+	}
+	if err := b.needTable(ctx, m.Kind); err != nil {
+		return driver.Grant{}, err
+	}
+	mk := modeKey{spaceOf(m.Kind), key}
+	b.mu.Lock()
+	mine := b.holdsLocked(mk, time.Now())[token] != nil
+	b.mu.Unlock()
+	if mine { // a re-acquire, or a refusal (another kind)
+		return b.AcquireMode(ctx, key, token, ttl, m)
+	}
+	h := &held{key: key, token: token, kind: m.Kind, mk: mk, value: m.Value}
+	var (
+		sql  string
+		args []any
+	)
+	switch m.Kind {
+	case driver.Read:
+		h.id = b.modeID(domainRW, 0, key)
+		sql = waitModeSQL(b.cfg.sequence, "pg_advisory_lock_shared", "")
+	case driver.Write:
+		h.id = b.modeID(domainRW, 0, key)
+		sql = waitModeSQL(b.cfg.sequence, "pg_advisory_lock", ", d AS (DELETE FROM "+b.tbl()+" WHERE id = $1 AND token = $3)")
+		args = []any{token}
+	case driver.Leader:
+		h.id = b.modeID(domainLeader, 0, key)
+		sql = waitModeSQL(b.cfg.sequence, "pg_advisory_lock", b.leaderCTEs("$3", "$4", "$5", "pid"))
+		args = []any{token, m.Value, ms(ttl)}
+	}
+	return b.waitFor(ctx, h, ttl, sql, args, func() {
+		hs := b.modes[mk]
+		if hs == nil {
+			hs = map[string]*held{}
+			b.modes[mk] = hs
+		}
+		hs[token] = h
+	})
+}
+
+// pollPermit retries AcquireMode until a permit is granted or ctx ends.
+func (b *Backend) pollPermit(ctx context.Context, key, token string, ttl time.Duration, m driver.Mode) (driver.Grant, error) {
+	wait := 2 * time.Millisecond
+	for {
+		g, err := b.AcquireMode(ctx, key, token, ttl, m)
+		if ctx.Err() != nil {
+			if err == nil { // granted as ctx ended: nobody takes it
+				_ = b.ReleaseMode(context.WithoutCancel(ctx), key, token, m)
+			}
+			return driver.Grant{}, fmt.Errorf("postgres: waiting for a permit: %w", ctx.Err())
+		}
+		if !errors.Is(err, distlock.ErrNotAcquired) {
+			return g, err
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return driver.Grant{}, fmt.Errorf("postgres: waiting for a permit: %w", ctx.Err())
+		case <-t.C:
+		}
+		wait = min(2*wait, 100*time.Millisecond)
+	}
+}
+
+// InspectMode implements driver.Primitives with one read of pg_locks (and
+// of the table, for Leader), on a connection of the pool. Holders of this
+// Backend are described from memory (token, fence, TTL); for those of
+// other processes pg_locks tells how many sessions hold the key, so
+// several readers of one other process count as one. Permit needs
+// m.Limit to count slots; without it, Holders counts sessions and Limit
+// is 0.
+func (b *Backend) InspectMode(ctx context.Context, key string, m driver.Mode) (driver.ModeInfo, error) {
+	if err := checkMode(driver.Mode{Kind: m.Kind, Limit: max(m.Limit, 1)}); err != nil {
+		return driver.ModeInfo{}, err
+	}
+	if err := b.needTable(ctx, m.Kind); err != nil {
+		return driver.ModeInfo{}, err
+	}
+	mk := modeKey{spaceOf(m.Kind), key}
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return driver.ModeInfo{}, distlock.Unavailable(errClosed)
+	}
+	now := time.Now()
+	var mine []*held
+	pids := []int32{}
+	for _, h := range b.holdsLocked(mk, now) {
+		if !h.pending {
+			mine = append(mine, h)
+			pids = append(pids, int32(h.pid))
+		}
+	}
+	b.mu.Unlock()
+	c, err := b.pool.Acquire(ctx)
+	if err != nil {
+		return driver.ModeInfo{}, b.unavailable(describeConnError(err))
+	}
+	defer c.Release()
+	var info driver.ModeInfo
+	mineInfo := func(h *held) {
+		info = driver.ModeInfo{Holders: 1, Exclusive: true, Token: h.token, Value: h.value, Fence: h.fence, TTL: h.expiry.Sub(now)}
+	}
+	switch m.Kind {
+	case driver.Read, driver.Write:
+		hi, lo := hiLo(b.modeID(domainRW, 0, key))
+		var readers, writers int
+		err = c.QueryRow(ctx, "SELECT count(*) FILTER (WHERE mode = 'ShareLock'), count(*) FILTER (WHERE mode = 'ExclusiveLock')"+
+			" FROM pg_locks WHERE "+lockMatch("$1", "$2")+" AND granted AND pid <> ALL($3::int4[])", hi, lo, pids).Scan(&readers, &writers)
+		for _, h := range mine {
+			if h.kind == driver.Write {
+				mineInfo(h)
+				return info, nil
+			}
+			readers++
+		}
+		if writers > 0 {
+			return driver.ModeInfo{Holders: 1, Exclusive: true}, classifyErr(err)
+		}
+		info.Holders = readers
+	case driver.Leader:
+		id := b.modeID(domainLeader, 0, key)
+		if len(mine) > 0 {
+			mineInfo(mine[0])
+			return info, nil
+		}
+		hi, lo := hiLo(id)
+		var ttlMS int64
+		err = c.QueryRow(ctx, "SELECT token, value, fence, ceil(extract(epoch FROM expires - clock_timestamp()) * 1000)::int8 FROM "+b.tbl()+
+			" WHERE id = $1 AND expires > clock_timestamp() AND pid IN (SELECT pid FROM pg_locks WHERE "+lockMatch("$2", "$3")+
+			" AND granted AND mode = 'ExclusiveLock') ORDER BY fence DESC LIMIT 1", id, hi, lo).Scan(&info.Token, &info.Value, &info.Fence, &ttlMS)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return driver.ModeInfo{}, nil
+		}
+		info.Holders, info.Exclusive, info.TTL = 1, true, time.Duration(ttlMS)*time.Millisecond
+	case driver.Permit:
+		ahi, alo := hiLo(b.modeID(domainHeld, 0, key))
+		var lhi, llo int64
+		ids := []int64{}
+		if m.Limit > 0 {
+			lhi, llo = hiLo(b.modeID(domainLimit, uint32(m.Limit), key))
+			for i := range m.Limit {
+				ids = append(ids, b.modeID(domainSlot, uint32(i), key))
+			}
+		}
+		var sessions, agree, slots int
+		err = c.QueryRow(ctx, "SELECT (SELECT count(*) FROM pg_locks WHERE "+lockMatch("$1", "$2")+" AND granted),"+
+			" (SELECT count(*) FROM pg_locks WHERE "+lockMatch("$3", "$4")+" AND granted),"+
+			" (SELECT count(*) FROM pg_locks, unnest($5::int8[]) AS u(id) WHERE locktype = 'advisory' AND granted AND mode = 'ExclusiveLock'"+
+			" AND objsubid = 1 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"+
+			" AND classid = (u.id >> 32 & 4294967295)::oid AND objid = (u.id & 4294967295)::oid)",
+			ahi, alo, lhi, llo, ids).Scan(&sessions, &agree, &slots)
+		info.Holders = sessions
+		if m.Limit > 0 && sessions > 0 && sessions == agree {
+			info.Holders, info.Limit = slots, m.Limit
+		}
+	}
+	return info, classifyErr(err)
+}

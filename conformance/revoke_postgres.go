@@ -1,0 +1,60 @@
+package conformance
+
+import (
+	"context"
+	"errors"
+	"net/url"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/distlock/distlock/backends/postgres"
+	"github.com/distlock/distlock/driver"
+)
+
+// postgresModeRevoke takes a primitive's key away from all its holders as
+// an operator would on the PostgreSQL server of a postgres:// URL: it
+// terminates the server sessions holding the key's advisory lock
+// (postgres.ModeLockID of the URL's distlock_namespace, kind and key) and
+// deletes the key's rows of the primitives' table (waiting writers, the
+// leader). It succeeds when nobody holds the key.
+func postgresModeRevoke(rawURL string) func(ctx context.Context, key string, kind driver.Kind) error {
+	return func(ctx context.Context, key string, kind driver.Kind) error {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), revokeTimeout)
+		defer cancel()
+		u, err := url.Parse(rawURL)
+		if err != nil {
+			return errors.New("conformance: malformed PostgreSQL URL")
+		}
+		q := u.Query()
+		ns, table := q.Get("distlock_namespace"), q.Get("distlock_table")
+		if table == "" {
+			table = postgres.DefaultTable
+		}
+		for k := range q {
+			if strings.HasPrefix(k, "distlock_") {
+				q.Del(k)
+			}
+		}
+		c := *u
+		c.RawQuery = q.Encode()
+		id := postgres.ModeLockID(ns, kind, key)
+		if id == 0 {
+			return errors.New("conformance: unknown kind")
+		}
+		if _, err := TerminatePostgresHolder(ctx, c.String(), id); err != nil {
+			return err
+		}
+		conn, err := pgx.Connect(ctx, c.String())
+		if err != nil {
+			return err
+		}
+		defer conn.Close(context.WithoutCancel(ctx))
+		_, err = conn.Exec(ctx, "DELETE FROM "+pgx.Identifier(strings.Split(table, ".")).Sanitize()+" WHERE id = $1", id)
+		var pe interface{ SQLState() string }
+		if errors.As(err, &pe) && pe.SQLState() == "42P01" {
+			return nil // no table: nothing recorded
+		}
+		return err
+	}
+}
