@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/url"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -42,14 +43,31 @@ func postgresModeRevoke(rawURL string) func(ctx context.Context, key string, kin
 		if id == 0 {
 			return errors.New("conformance: unknown kind")
 		}
-		if _, err := TerminatePostgresHolder(ctx, c.String(), id); err != nil {
-			return err
-		}
 		conn, err := pgx.Connect(ctx, c.String())
 		if err != nil {
 			return err
 		}
 		defer conn.Close(context.WithoutCancel(ctx))
+		// Terminate the holders, then wait (at most ten seconds) until
+		// their sessions are gone: a waiter may take the key at once.
+		const where = `locktype = 'advisory' AND granted AND objsubid = 1 AND classid::bigint = $1 AND objid::bigint = $2`
+		hi, lo := int64(uint64(id)>>32), int64(uint32(id))
+		var pids []int32
+		if err := conn.QueryRow(ctx, "SELECT coalesce(array_agg(pid), '{}') FROM (SELECT pid, pg_terminate_backend(pid) FROM pg_locks WHERE "+where+") t",
+			hi, lo).Scan(&pids); err != nil {
+			return err
+		}
+		for i := 0; len(pids) > 0 && i < 1000; i++ {
+			var left bool
+			if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = ANY($1))", pids).Scan(&left); err != nil || !left {
+				break
+			}
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
 		_, err = conn.Exec(ctx, "DELETE FROM "+pgx.Identifier(strings.Split(table, ".")).Sanitize()+" WHERE id = $1", id)
 		var pe interface{ SQLState() string }
 		if errors.As(err, &pe) && pe.SQLState() == "42P01" {

@@ -120,7 +120,7 @@ var (
 
 // createTable creates the table of waiting writers and leaders.
 func createTable(ctx context.Context, c *pgx.Conn, table string) error {
-	_, err := c.Exec(ctx, "CREATE TABLE IF NOT EXISTS "+quoteIdent(table)+" (id bigint NOT NULL, token text NOT NULL,"+
+	_, err := c.Exec(ctx, "CREATE UNLOGGED TABLE IF NOT EXISTS "+quoteIdent(table)+" (id bigint NOT NULL, token text NOT NULL,"+
 		" value text NOT NULL DEFAULT '', fence bigint NOT NULL DEFAULT 0, pid int NOT NULL DEFAULT 0,"+
 		" expires timestamptz NOT NULL, PRIMARY KEY (id, token))")
 	var pe *pgconn.PgError
@@ -152,22 +152,36 @@ const ttlExpr = "clock_timestamp() + %s::int8 * interval '1 millisecond'"
 
 // readSQL: $1 id, $2/$3 its halves, $4 whether this session holds a share
 // already (its own lock table would grant another at once, even behind a
-// waiting writer: ask pg_locks).
+// waiting writer: ask pg_locks), $5 token. A waiting writer's mark
+// (fence 0) refuses it; a reader is recorded with its fence (see
+// readerCTE).
 func (b *Backend) readSQL() string {
-	return "SELECT CASE WHEN EXISTS (SELECT 1 FROM " + b.tbl() + " WHERE id = $1 AND expires > clock_timestamp()) THEN 0" +
-		" WHEN $4::bool AND EXISTS (SELECT 1 FROM pg_locks WHERE " + lockMatch("$2", "$3") + " AND NOT granted) THEN 0" +
-		" WHEN pg_try_advisory_lock_shared($1) THEN nextval(" + seqLit(b.cfg.sequence) + ") ELSE 0 END, pg_backend_pid()"
+	return "WITH l AS MATERIALIZED (SELECT CASE" +
+		" WHEN EXISTS (SELECT 1 FROM " + b.tbl() + " WHERE id = $1 AND fence = 0 AND expires > clock_timestamp()) THEN false" +
+		" WHEN $4::bool AND EXISTS (SELECT 1 FROM pg_locks WHERE " + lockMatch("$2", "$3") + " AND NOT granted) THEN false" +
+		" ELSE pg_try_advisory_lock_shared($1) END AS ok)," +
+		" f AS MATERIALIZED (SELECT CASE WHEN ok THEN nextval(" + seqLit(b.cfg.sequence) + ") ELSE 0 END AS fence FROM l)" +
+		b.readerCTE("$5", "pg_backend_pid()") + " SELECT fence, pg_backend_pid() FROM f"
+}
+
+// readerCTE records a reader once f has its fence, so that every process
+// can count readers exactly (pg_locks shows one share per session, however
+// many readers it holds): its row lives while its session holds the
+// share, and goes with its release, or the next writer's grant.
+func (b *Backend) readerCTE(token, pid string) string {
+	return ", i AS (INSERT INTO " + b.tbl() + " (id, token, fence, pid, expires) SELECT $1, " + token + "::text, fence, " + pid +
+		", 'infinity' FROM f WHERE fence > 0 ON CONFLICT (id, token) DO UPDATE SET fence = excluded.fence, pid = excluded.pid, expires = excluded.expires)"
 }
 
 // writeSQL: $1 id, $2 token, $3 ttl in ms, $4 whether to try the lock (if
 // not, or refused, token is marked as a waiting writer; granted, its mark
-// goes).
+// goes, with the rows of readers gone).
 func (b *Backend) writeSQL() string {
 	return "WITH l AS MATERIALIZED (SELECT CASE WHEN $4::bool THEN pg_try_advisory_lock($1) ELSE false END AS ok)," +
 		" f AS MATERIALIZED (SELECT CASE WHEN ok THEN nextval(" + seqLit(b.cfg.sequence) + ") ELSE 0 END AS fence FROM l)," +
 		" m AS (INSERT INTO " + b.tbl() + " (id, token, expires) SELECT $1, $2::text, " + fmt.Sprintf(ttlExpr, "$3") +
 		" FROM l WHERE NOT ok ON CONFLICT (id, token) DO UPDATE SET expires = excluded.expires)," +
-		" d AS (DELETE FROM " + b.tbl() + " WHERE id = $1 AND token = $2 AND (SELECT ok FROM l))" +
+		" d AS (DELETE FROM " + b.tbl() + " WHERE id = $1 AND (token = $2 OR fence > 0) AND (SELECT ok FROM l))" +
 		" SELECT fence, pg_backend_pid() FROM f"
 }
 
@@ -216,7 +230,7 @@ func (b *Backend) permitSQL() string {
 func (b *Backend) unlockMode(h *held) (with, expr string, args []any) {
 	switch h.kind {
 	case driver.Read:
-		return "", "pg_advisory_unlock_shared($1)::int", []any{h.id}
+		return "WITH d AS (DELETE FROM " + b.tbl() + " WHERE id = $1 AND token = $2) ", "pg_advisory_unlock_shared($1)::int", []any{h.id, h.token}
 	case driver.Permit:
 		return "", "(pg_advisory_unlock($1)::int & pg_advisory_unlock_shared($2)::int & pg_advisory_unlock_shared($3)::int)",
 			[]any{h.id, h.pair[0], h.pair[1]}
@@ -361,7 +375,7 @@ func (b *Backend) AcquireMode(ctx context.Context, key, token string, ttl time.D
 			local = local || x.s == b.sessionFor(route)
 		}
 		hi, lo := hiLo(h.id)
-		o.sql, o.args = b.readSQL(), []any{h.id, hi, lo, local}
+		o.sql, o.args = b.readSQL(), []any{h.id, hi, lo, local, token}
 	case driver.Write:
 		h.id = b.modeID(domainRW, 0, key)
 		route = h.id
@@ -551,10 +565,11 @@ func (b *Backend) AcquireModeWait(ctx context.Context, key, token string, ttl ti
 	switch m.Kind {
 	case driver.Read:
 		h.id = b.modeID(domainRW, 0, key)
-		sql = waitModeSQL(b.cfg.sequence, "pg_advisory_lock_shared", "")
+		sql = waitModeSQL(b.cfg.sequence, "pg_advisory_lock_shared", b.readerCTE("$3", "pid"))
+		args = []any{token}
 	case driver.Write:
 		h.id = b.modeID(domainRW, 0, key)
-		sql = waitModeSQL(b.cfg.sequence, "pg_advisory_lock", ", d AS (DELETE FROM "+b.tbl()+" WHERE id = $1 AND token = $3)")
+		sql = waitModeSQL(b.cfg.sequence, "pg_advisory_lock", ", d AS (DELETE FROM "+b.tbl()+" WHERE id = $1 AND (token = $3 OR fence > 0))")
 		args = []any{token}
 	case driver.Leader:
 		h.id = b.modeID(domainLeader, 0, key)
@@ -596,13 +611,11 @@ func (b *Backend) pollPermit(ctx context.Context, key, token string, ttl time.Du
 	}
 }
 
-// InspectMode implements driver.Primitives with one read of pg_locks (and
-// of the table, for Leader), on a connection of the pool. Holders of this
-// Backend are described from memory (token, fence, TTL); for those of
-// other processes pg_locks tells how many sessions hold the key, so
-// several readers of one other process count as one. Permit needs
-// m.Limit to count slots; without it, Holders counts sessions and Limit
-// is 0.
+// InspectMode implements driver.Primitives with one read of pg_locks and
+// the table, on a connection of the pool. Holders of this Backend are
+// described from memory (token, fence, TTL); a writer of another process
+// by Holders and Exclusive only. Permit needs m.Limit to count slots;
+// without it, Holders counts the sessions holding permits and Limit is 0.
 func (b *Backend) InspectMode(ctx context.Context, key string, m driver.Mode) (driver.ModeInfo, error) {
 	if err := checkMode(driver.Mode{Kind: m.Kind, Limit: max(m.Limit, 1)}); err != nil {
 		return driver.ModeInfo{}, err
@@ -637,10 +650,12 @@ func (b *Backend) InspectMode(ctx context.Context, key string, m driver.Mode) (d
 	}
 	switch m.Kind {
 	case driver.Read, driver.Write:
-		hi, lo := hiLo(b.modeID(domainRW, 0, key))
+		id := b.modeID(domainRW, 0, key)
+		hi, lo := hiLo(id)
 		var readers, writers int
-		err = c.QueryRow(ctx, "SELECT count(*) FILTER (WHERE mode = 'ShareLock'), count(*) FILTER (WHERE mode = 'ExclusiveLock')"+
-			" FROM pg_locks WHERE "+lockMatch("$1", "$2")+" AND granted AND pid <> ALL($3::int4[])", hi, lo, pids).Scan(&readers, &writers)
+		err = c.QueryRow(ctx, "WITH s AS (SELECT pid, mode FROM pg_locks WHERE "+lockMatch("$1", "$2")+" AND granted AND pid <> ALL($3::int4[]))"+
+			" SELECT (SELECT count(*) FROM "+b.tbl()+" WHERE id = $4 AND fence > 0 AND pid IN (SELECT pid FROM s WHERE mode = 'ShareLock')),"+
+			" (SELECT count(*) FROM s WHERE mode = 'ExclusiveLock')", hi, lo, pids, id).Scan(&readers, &writers)
 		for _, h := range mine {
 			if h.kind == driver.Write {
 				mineInfo(h)
