@@ -354,6 +354,8 @@ type Backend struct {
 	ctx    context.Context // cancelled by Close
 	cancel context.CancelFunc
 
+	notes notifier // WatchMode's listener
+
 	lockID func(key string) int64 // LockID in the namespace; tests replace it
 	where  string                 // host:port of the server, for errors
 

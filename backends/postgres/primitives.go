@@ -7,10 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strconv"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/distlock/distlock"
 	"github.com/distlock/distlock/driver"
@@ -161,7 +164,7 @@ func (b *Backend) readSQL() string {
 		" WHEN $4::bool AND EXISTS (SELECT 1 FROM pg_locks WHERE " + lockMatch("$2", "$3") + " AND NOT granted) THEN false" +
 		" ELSE pg_try_advisory_lock_shared($1) END AS ok)," +
 		" f AS MATERIALIZED (SELECT CASE WHEN ok THEN nextval(" + seqLit(b.cfg.sequence) + ") ELSE 0 END AS fence FROM l)" +
-		b.readerCTE("$5", "pg_backend_pid()") + " SELECT fence, pg_backend_pid() FROM f"
+		b.readerCTE("$5", "pg_backend_pid()") + " SELECT fence + " + notifyIf("fence > 0", "$1") + ", pg_backend_pid() FROM f"
 }
 
 // readerCTE records a reader once f has its fence, so that every process
@@ -182,7 +185,7 @@ func (b *Backend) writeSQL() string {
 		" m AS (INSERT INTO " + b.tbl() + " (id, token, expires) SELECT $1, $2::text, " + fmt.Sprintf(ttlExpr, "$3") +
 		" FROM l WHERE NOT ok ON CONFLICT (id, token) DO UPDATE SET expires = excluded.expires)," +
 		" d AS (DELETE FROM " + b.tbl() + " WHERE id = $1 AND (token = $2 OR fence > 0) AND (SELECT ok FROM l))" +
-		" SELECT fence, pg_backend_pid() FROM f"
+		" SELECT fence + " + notifyIf("fence > 0", "$1") + ", pg_backend_pid() FROM f"
 }
 
 // leaderCTEs records the leader once f has its fence: $1 id, and the
@@ -198,13 +201,14 @@ func (b *Backend) leaderCTEs(token, value, ttl, pid string) string {
 func (b *Backend) leaderSQL() string {
 	return "WITH l AS MATERIALIZED (SELECT pg_try_advisory_lock($1) AS ok)," +
 		" f AS MATERIALIZED (SELECT CASE WHEN ok THEN nextval(" + seqLit(b.cfg.sequence) + ") ELSE 0 END AS fence FROM l)" +
-		b.leaderCTEs("$2", "$3", "$4", "pg_backend_pid()") + " SELECT fence, pg_backend_pid() FROM f"
+		b.leaderCTEs("$2", "$3", "$4", "pg_backend_pid()") + " SELECT fence + " + notifyIf("fence > 0", "$1") + ", pg_backend_pid() FROM f"
 }
 
-// leaderUpdateSQL: the leader $2 of $1 publishes $3 and lives $4 ms more.
+// leaderUpdateSQL: the leader $2 of $1 publishes $3 and lives $4 ms more;
+// $5 tells whether to notify (a re-acquire may publish a new value).
 func (b *Backend) leaderUpdateSQL() string {
 	return "WITH u AS (UPDATE " + b.tbl() + " SET value = $3, expires = " + fmt.Sprintf(ttlExpr, "$4") +
-		" WHERE id = $1 AND token = $2 RETURNING 1) SELECT count(*), pg_backend_pid() FROM u"
+		" WHERE id = $1 AND token = $2 RETURNING 1) SELECT count(*) + " + notifyIf("$5::bool", "$1") + ", pg_backend_pid() FROM u"
 }
 
 // permitSQL: $1 the held id, $2 the limit id, $3..$6 their halves, $7 the
@@ -222,12 +226,21 @@ func (b *Backend) permitSQL() string {
 		" sl AS MATERIALIZED (SELECT u.id FROM unnest($7::int8[]) AS u(id) WHERE CASE WHEN (SELECT st FROM c) = -2" +
 		" THEN pg_try_advisory_lock(u.id) ELSE false END LIMIT 1)" +
 		" SELECT CASE WHEN st <> -2 THEN st WHEN NOT EXISTS (SELECT 1 FROM sl) THEN 0 * " + both +
-		" ELSE nextval(" + seqLit(b.cfg.sequence) + ") END, pg_backend_pid(), coalesce((SELECT id FROM sl), 0) FROM c"
+		" ELSE nextval(" + seqLit(b.cfg.sequence) + ") + " + notifyIf("true", "$1") + " END, pg_backend_pid(), coalesce((SELECT id FROM sl), 0) FROM c"
 }
 
 // unlockMode returns what ends h on its session: CTEs to run first, and
-// an int expression that is 1 if the lock was held.
+// an int expression that is 1 if the lock was held (and notifies).
 func (b *Backend) unlockMode(h *held) (with, expr string, args []any) {
+	with, expr, args = b.unlockModeQuiet(h)
+	watched := "$1"
+	if h.kind == driver.Permit {
+		watched = "$2"
+	}
+	return with, "(" + expr + " + " + notifyIf("true", watched) + ")", args
+}
+
+func (b *Backend) unlockModeQuiet(h *held) (with, expr string, args []any) {
 	switch h.kind {
 	case driver.Read:
 		return "WITH d AS (DELETE FROM " + b.tbl() + " WHERE id = $1 AND token = $2) ", "pg_advisory_unlock_shared($1)::int", []any{h.id, h.token}
@@ -468,7 +481,8 @@ func (b *Backend) refreshMode(ctx context.Context, key, token string, ttl time.D
 			if notHeld == distlock.ErrNotAcquired { // a re-acquire
 				h.value = m.Value
 			}
-			return &op{kind: opSQL, sql: b.leaderUpdateSQL(), args: []any{h.id, token, h.value, ms(ttl)}, done: make(chan struct{})}
+			return &op{kind: opSQL, sql: b.leaderUpdateSQL(), args: []any{h.id, token, h.value, ms(ttl), notHeld == distlock.ErrNotAcquired},
+				done: make(chan struct{})}
 		}
 	}
 	return b.refreshHeld(ctx, token, ttl, notHeld, r)
@@ -506,7 +520,8 @@ func (b *Backend) ReleaseMode(ctx context.Context, key, token string, m driver.M
 		id := b.modeID(domainRW, 0, key)
 		b.mu.Lock()
 		o := &op{kind: opSQL, done: make(chan struct{}),
-			sql:  "WITH d AS (DELETE FROM " + b.tbl() + " WHERE id = $1 AND token = $2 RETURNING 1) SELECT count(*), pg_backend_pid() FROM d",
+			sql: "WITH d AS (DELETE FROM " + b.tbl() + " WHERE id = $1 AND token = $2 RETURNING 1) SELECT count(*) + " +
+				notifyIf("count(*) > 0", "$1") + ", pg_backend_pid() FROM d",
 			args: []any{id, token}}
 		b.sessionFor(id).enqueueLocked(o)
 		b.mu.Unlock()
@@ -565,15 +580,15 @@ func (b *Backend) AcquireModeWait(ctx context.Context, key, token string, ttl ti
 	switch m.Kind {
 	case driver.Read:
 		h.id = b.modeID(domainRW, 0, key)
-		sql = waitModeSQL(b.cfg.sequence, "pg_advisory_lock_shared", b.readerCTE("$3", "pid"))
+		sql = waitModeSQL(b.cfg.sequence, "pg_advisory_lock_shared", true, b.readerCTE("$3", "pid"))
 		args = []any{token}
 	case driver.Write:
 		h.id = b.modeID(domainRW, 0, key)
-		sql = waitModeSQL(b.cfg.sequence, "pg_advisory_lock", ", d AS (DELETE FROM "+b.tbl()+" WHERE id = $1 AND (token = $3 OR fence > 0))")
+		sql = waitModeSQL(b.cfg.sequence, "pg_advisory_lock", true, ", d AS (DELETE FROM "+b.tbl()+" WHERE id = $1 AND (token = $3 OR fence > 0))")
 		args = []any{token}
 	case driver.Leader:
 		h.id = b.modeID(domainLeader, 0, key)
-		sql = waitModeSQL(b.cfg.sequence, "pg_advisory_lock", b.leaderCTEs("$3", "$4", "$5", "pid"))
+		sql = waitModeSQL(b.cfg.sequence, "pg_advisory_lock", true, b.leaderCTEs("$3", "$4", "$5", "pid"))
 		args = []any{token, m.Value, ms(ttl)}
 	}
 	return b.waitFor(ctx, h, ttl, sql, args, func() {
@@ -705,4 +720,143 @@ func (b *Backend) InspectMode(ctx context.Context, key string, m driver.Mode) (d
 		}
 	}
 	return info, classifyErr(err)
+}
+
+// NotifyChannel is the LISTEN/NOTIFY channel on which the statements of the
+// primitives announce a change of a key's holders (payload: the key's
+// ModeLockID in decimal), for WatchMode.
+const NotifyChannel = "distlock_modes"
+
+// notifyIf is an int expression, 0, that notifies NotifyChannel of the
+// key whose id is the bigint param when cond holds. The notification is
+// delivered when the statement commits, after its locks changed.
+func notifyIf(cond, param string) string {
+	return "CASE WHEN " + cond + " THEN length(pg_notify('" + NotifyChannel + "', " + param + "::int8::text)::text) ELSE 0 END"
+}
+
+var _ driver.ModeWatcher = (*Backend)(nil)
+
+// notifier is a Backend's listener: one connection of the pool, taken at
+// the first WatchMode and kept until Close, LISTENing on NotifyChannel.
+type notifier struct {
+	mu      sync.Mutex
+	subs    map[int64]map[*func()]struct{}
+	running bool
+}
+
+// WatchMode implements driver.ModeWatcher with LISTEN/NOTIFY: every grant
+// and release (and expiry, and a leader publishing a new value, and a
+// waiting writer's mark removed) of a primitive notifies NotifyChannel in
+// the statement that makes it. What the server does alone is not
+// announced: a holder's session ending, a mark expiring. While the
+// listening connection is down and when it comes back, every watcher is
+// called (spuriously, perhaps), as notifications may have been missed.
+func (b *Backend) WatchMode(ctx context.Context, key string, m driver.Mode, changed func()) (func(), error) {
+	if err := checkMode(driver.Mode{Kind: m.Kind, Limit: max(m.Limit, 1)}); err != nil {
+		return nil, err
+	}
+	id := ModeLockID(b.cfg.namespace, m.Kind, key)
+	n := &b.notes
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if !n.running {
+		c, err := b.listen(ctx)
+		if err != nil {
+			return nil, err
+		}
+		b.mu.Lock()
+		if b.closed {
+			b.mu.Unlock()
+			closeConn(c)
+			return nil, distlock.Unavailable(errClosed)
+		}
+		b.wg.Add(1)
+		b.mu.Unlock()
+		n.running = true
+		go b.dispatch(c)
+	}
+	if n.subs == nil {
+		n.subs = map[int64]map[*func()]struct{}{}
+	}
+	if n.subs[id] == nil {
+		n.subs[id] = map[*func()]struct{}{}
+	}
+	f := &changed
+	n.subs[id][f] = struct{}{}
+	return func() {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		delete(n.subs[id], f)
+		if len(n.subs[id]) == 0 {
+			delete(n.subs, id)
+		}
+	}, nil
+}
+
+// listen takes a connection of the pool and LISTENs on it.
+func (b *Backend) listen(ctx context.Context) (*pgxpool.Conn, error) {
+	c, err := b.pool.Acquire(ctx)
+	if err != nil {
+		return nil, b.unavailable(describeConnError(err))
+	}
+	if _, err := c.Exec(ctx, "LISTEN "+NotifyChannel); err != nil {
+		closeConn(c)
+		return nil, b.unavailable(classifyErr(err))
+	}
+	return c, nil
+}
+
+// dispatch calls the watchers of each notification until Close; it
+// reconnects (calling every watcher) when the connection is lost.
+func (b *Backend) dispatch(c *pgxpool.Conn) {
+	defer b.wg.Done()
+	n := &b.notes
+	all := func() {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		for _, fs := range n.subs {
+			for f := range fs {
+				(*f)()
+			}
+		}
+	}
+	wait := 10 * time.Millisecond
+	for {
+		for c == nil {
+			t := time.NewTimer(wait)
+			select {
+			case <-b.ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			ctx, cancel := context.WithTimeout(b.ctx, b.cfg.opTimeout)
+			c, _ = b.listen(ctx)
+			cancel()
+			wait = min(2*wait, time.Second)
+			if c != nil {
+				wait = 10 * time.Millisecond
+				all() // what happened while nobody listened
+			}
+		}
+		note, err := c.Conn().WaitForNotification(b.ctx)
+		if err != nil {
+			closeConn(c)
+			c = nil
+			if b.ctx.Err() != nil {
+				return
+			}
+			all()
+			continue
+		}
+		id, err := strconv.ParseInt(note.Payload, 10, 64)
+		if err != nil {
+			continue
+		}
+		n.mu.Lock()
+		for f := range n.subs[id] {
+			(*f)()
+		}
+		n.mu.Unlock()
+	}
 }

@@ -436,3 +436,67 @@ func pool(t *testing.T, h *harness) *pgxpool.Pool {
 	t.Cleanup(p.Close)
 	return p
 }
+
+func TestWatchMode(t *testing.T) {
+	h := newHarness(t, server(t), "")
+	a, b := h.backend(t), h.backend(t)
+	ctx := ctxT(t, 30*time.Second)
+	must := musts(t)
+	watch := func(key string, m driver.Mode) chan struct{} {
+		ch := make(chan struct{}, 100)
+		stop, err := a.WatchMode(ctx, key, m, func() {
+			select {
+			case ch <- struct{}{}:
+			default:
+			}
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(stop)
+		return ch
+	}
+	expect := func(ch chan struct{}, what string) {
+		t.Helper()
+		select {
+		case <-ch:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no notification of %s", what)
+		}
+		for len(ch) > 0 { // several notifications may describe one change
+			<-ch
+		}
+	}
+	le, rw, se := watch("e", leader("")), watch("k", write), watch("s", permit(1))
+	other := watch("other", leader(""))
+
+	must(b.AcquireMode(ctx, "e", "l", time.Minute, leader("v1")))
+	expect(le, "a new leader")
+	must(b.AcquireMode(ctx, "e", "l", time.Minute, leader("v2")))
+	expect(le, "a new value")
+	if err := b.ReleaseMode(ctx, "e", "l", leader("")); err != nil {
+		t.Fatal(err)
+	}
+	expect(le, "the leader's release")
+	must(b.AcquireModeWait(ctx, "e", "l2", 100*time.Millisecond, leader("v3")))
+	expect(le, "a leader after a wait")
+	expect(le, "the leader's expiry")
+
+	must(b.AcquireMode(ctx, "k", "r", time.Minute, read))
+	expect(rw, "a reader")
+	if err := b.ReleaseMode(ctx, "k", "r", read); err != nil {
+		t.Fatal(err)
+	}
+	expect(rw, "the reader's release")
+	must(b.AcquireMode(ctx, "s", "p", time.Minute, permit(1)))
+	expect(se, "a permit")
+	if err := b.ReleaseMode(ctx, "s", "p", permit(1)); err != nil {
+		t.Fatal(err)
+	}
+	expect(se, "the permit's release")
+	select {
+	case <-other:
+		t.Fatal("notified of another key")
+	default:
+	}
+}

@@ -18,14 +18,19 @@ import (
 // waitSQL takes the advisory lock $1, waiting in the server's queue, then
 // draws the fence and sets the idle bound $2 (in ms) on the session. The
 // MATERIALIZED CTE runs the lock before anything else of the statement.
-func waitSQL(seq string) string { return waitModeSQL(seq, "pg_advisory_lock", "") }
+func waitSQL(seq string) string { return waitModeSQL(seq, "pg_advisory_lock", false, "") }
 
-// waitModeSQL is waitSQL with lock, a blocking advisory lock function, and
-// after, CTEs (each starting with a comma) that run once the lock is
-// granted: they read the fence and pid from f.
-func waitModeSQL(seq, lock, after string) string {
+// waitModeSQL is waitSQL with lock, a blocking advisory lock function,
+// notify (announce the grant of $1, see WatchMode) and after, CTEs (each
+// starting with a comma) that run once the lock is granted: they read the
+// fence and pid from f.
+func waitModeSQL(seq, lock string, notify bool, after string) string {
+	n := ""
+	if notify {
+		n = " + " + notifyIf("true", "$1")
+	}
 	return "WITH l AS MATERIALIZED (SELECT " + lock + "($1)), f AS MATERIALIZED (SELECT nextval(" + seqLit(seq) +
-		") AS fence, pg_backend_pid() AS pid, pg_is_in_recovery() AS rec," +
+		")" + n + " AS fence, pg_backend_pid() AS pid, pg_is_in_recovery() AS rec," +
 		" set_config('idle_session_timeout', $2, false) AS idle FROM l)" + after + " SELECT fence, pid, rec, idle FROM f"
 }
 
