@@ -176,14 +176,14 @@ func (b *Backend) readerCTE(token, pid string) string {
 		", 'infinity' FROM f WHERE fence > 0 ON CONFLICT (id, token) DO UPDATE SET fence = excluded.fence, pid = excluded.pid, expires = excluded.expires)"
 }
 
-// writeSQL: $1 id, $2 token, $3 ttl in ms, $4 whether to try the lock (if
-// not, or refused, token is marked as a waiting writer; granted, its mark
-// goes, with the rows of readers gone).
+// writeSQL: $1 id, $2 token, $3 ttl in ms, $4 whether to try the lock, $5
+// whether to mark: if not tried, or refused, token is marked as a waiting
+// writer; granted, its mark goes, with the rows of readers gone.
 func (b *Backend) writeSQL() string {
 	return "WITH l AS MATERIALIZED (SELECT CASE WHEN $4::bool THEN pg_try_advisory_lock($1) ELSE false END AS ok)," +
 		" f AS MATERIALIZED (SELECT CASE WHEN ok THEN nextval(" + seqLit(b.cfg.sequence) + ") ELSE 0 END AS fence FROM l)," +
 		" m AS (INSERT INTO " + b.tbl() + " (id, token, expires) SELECT $1, $2::text, " + fmt.Sprintf(ttlExpr, "$3") +
-		" FROM l WHERE NOT ok ON CONFLICT (id, token) DO UPDATE SET expires = excluded.expires)," +
+		" FROM l WHERE NOT ok AND $5::bool ON CONFLICT (id, token) DO UPDATE SET expires = excluded.expires)," +
 		" d AS (DELETE FROM " + b.tbl() + " WHERE id = $1 AND (token = $2 OR fence > 0) AND (SELECT ok FROM l))" +
 		" SELECT fence + " + notifyIf("fence > 0", "$1") + ", pg_backend_pid() FROM f"
 }
@@ -349,6 +349,13 @@ func ms(d time.Duration) int64 { return max(d.Milliseconds(), 1) }
 // AcquireMode implements driver.Primitives: one statement on the key's
 // holder session (see the package's Primitives documentation).
 func (b *Backend) AcquireMode(ctx context.Context, key, token string, ttl time.Duration, m driver.Mode) (driver.Grant, error) {
+	return b.acquireMode(ctx, key, token, ttl, m, true)
+}
+
+// acquireMode is AcquireMode; mark tells whether a refused Write marks
+// token as a waiting writer (not when it goes on to wait in the server's
+// queue, which keeps the order itself).
+func (b *Backend) acquireMode(ctx context.Context, key, token string, ttl time.Duration, m driver.Mode, mark bool) (driver.Grant, error) {
 	if err := checkMode(m); err != nil {
 		return driver.Grant{}, err
 	}
@@ -392,7 +399,11 @@ func (b *Backend) AcquireMode(ctx context.Context, key, token string, ttl time.D
 	case driver.Write:
 		h.id = b.modeID(domainRW, 0, key)
 		route = h.id
-		o.sql, o.args = b.writeSQL(), []any{h.id, token, ms(ttl), len(hs) == 0}
+		o.sql, o.args = b.writeSQL(), []any{h.id, token, ms(ttl), len(hs) == 0, mark}
+		if len(hs) > 0 && !mark {
+			b.mu.Unlock()
+			return driver.Grant{}, distlock.ErrNotAcquired
+		}
 		if len(hs) > 0 { // held here (the server would let this session in): mark only
 			o = &op{kind: opSQL, sql: o.sql, args: o.args, done: make(chan struct{})}
 			b.sessionFor(route).enqueueLocked(o)
@@ -550,7 +561,8 @@ func (b *Backend) ReleaseMode(ctx context.Context, key, token string, m driver.M
 	return nil
 }
 
-// AcquireModeWait implements driver.ModeWaiter. Read, Write and Leader wait
+// AcquireModeWait implements driver.ModeWaiter. Read, Write and Leader try
+// once on the holder session (a refused Write leaves no mark), then wait
 // in the server's lock queue as AcquireWait does (a connection of the pool
 // per waiter, which becomes the hold's session); the server serves
 // writers queued before a reader first. Permit has no single queue to
@@ -569,8 +581,9 @@ func (b *Backend) AcquireModeWait(ctx context.Context, key, token string, ttl ti
 	b.mu.Lock()
 	mine := b.holdsLocked(mk, time.Now())[token] != nil
 	b.mu.Unlock()
-	if mine { // a re-acquire, or a refusal (another kind)
-		return b.AcquireMode(ctx, key, token, ttl, m)
+	g, err := b.acquireMode(ctx, key, token, ttl, m, false)
+	if mine || !errors.Is(err, distlock.ErrNotAcquired) { // granted, failed, or a refusal of a holder (another kind)
+		return g, err
 	}
 	h := &held{key: key, token: token, kind: m.Kind, mk: mk, value: m.Value}
 	var (
