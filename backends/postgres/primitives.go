@@ -139,9 +139,12 @@ func createTable(ctx context.Context, c *pgx.Conn, table string) error {
 // lockMatch is the pg_locks condition of the bigint advisory lock whose
 // high and low 32 bits are the parameters hi and lo.
 func lockMatch(hi, lo string) string {
-	return "locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = current_database())" +
-		" AND classid = " + hi + "::int8::oid AND objid = " + lo + "::int8::oid AND objsubid = 1"
+	return advisoryHere + " AND classid = " + hi + "::int8::oid AND objid = " + lo + "::int8::oid"
 }
+
+// advisoryHere is the pg_locks condition of bigint advisory locks in this
+// database.
+const advisoryHere = "locktype = 'advisory' AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) AND objsubid = 1"
 
 func hiLo(id int64) (int64, int64) {
 	return int64(uint32(uint64(id) >> 32)), int64(uint32(id))
@@ -212,16 +215,23 @@ func (b *Backend) leaderUpdateSQL() string {
 }
 
 // permitSQL: $1 the held id, $2 the limit id, $3..$6 their halves, $7 the
-// slot ids to try in order. It takes both shared locks, then checks that
-// every session holding the first holds the second (else -1, undone), then
-// takes the first free slot (else 0, undone). Third column: the slot's id.
+// slot ids to try in order. It takes both shared locks, the limit's first,
+// then checks that every session holding the held lock holds the limit's
+// (else -1, undone), then takes the first free slot (else 0, undone).
+// Third column: the slot's id. The order matters: a session is never seen
+// holding the held lock without its limit's, except when its limit
+// differs, so of two acquirers with different limits the later sees the
+// earlier (at worst both back off), and a release drops the held lock
+// first.
 func (b *Backend) permitSQL() string {
-	both := "(pg_advisory_unlock_shared($2)::int & pg_advisory_unlock_shared($1)::int)"
+	both := "(pg_advisory_unlock_shared($1)::int & pg_advisory_unlock_shared($2)::int)"
 	return "WITH c AS MATERIALIZED (SELECT CASE" +
-		" WHEN NOT pg_try_advisory_lock_shared($1) THEN 0" +
-		" WHEN NOT pg_try_advisory_lock_shared($2) THEN 0 * pg_advisory_unlock_shared($1)::int" +
-		" WHEN (SELECT count(*) FROM pg_locks WHERE " + lockMatch("$3", "$4") + " AND granted) <>" +
-		" (SELECT count(*) FROM pg_locks WHERE " + lockMatch("$5", "$6") + " AND granted) THEN -" + both +
+		" WHEN NOT pg_try_advisory_lock_shared($2) THEN 0" +
+		" WHEN NOT pg_try_advisory_lock_shared($1) THEN 0 * pg_advisory_unlock_shared($2)::int" +
+		// One read of pg_locks: two would not see the same moment.
+		" WHEN (SELECT count(*) FILTER (WHERE classid = $3::int8::oid AND objid = $4::int8::oid) >" +
+		" count(*) FILTER (WHERE classid = $5::int8::oid AND objid = $6::int8::oid) FROM pg_locks WHERE " +
+		advisoryHere + " AND granted) THEN -" + both +
 		" ELSE -2 END AS st)," +
 		" sl AS MATERIALIZED (SELECT u.id FROM unnest($7::int8[]) AS u(id) WHERE CASE WHEN (SELECT st FROM c) = -2" +
 		" THEN pg_try_advisory_lock(u.id) ELSE false END LIMIT 1)" +
@@ -721,11 +731,10 @@ func (b *Backend) InspectMode(ctx context.Context, key string, m driver.Mode) (d
 			}
 		}
 		var sessions, agree, slots int
-		err = c.QueryRow(ctx, "SELECT (SELECT count(*) FROM pg_locks WHERE "+lockMatch("$1", "$2")+" AND granted),"+
-			" (SELECT count(*) FROM pg_locks WHERE "+lockMatch("$3", "$4")+" AND granted),"+
-			" (SELECT count(*) FROM pg_locks, unnest($5::int8[]) AS u(id) WHERE locktype = 'advisory' AND granted AND mode = 'ExclusiveLock'"+
-			" AND objsubid = 1 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"+
-			" AND classid = (u.id >> 32 & 4294967295)::oid AND objid = (u.id & 4294967295)::oid)",
+		err = c.QueryRow(ctx, "SELECT count(*) FILTER (WHERE classid = $1::int8::oid AND objid = $2::int8::oid),"+
+			" count(*) FILTER (WHERE classid = $3::int8::oid AND objid = $4::int8::oid),"+
+			" count(*) FILTER (WHERE mode = 'ExclusiveLock' AND (classid::int8 << 32 | objid::int8) = ANY($5::int8[]))"+
+			" FROM pg_locks WHERE "+advisoryHere+" AND granted",
 			ahi, alo, lhi, llo, ids).Scan(&sessions, &agree, &slots)
 		info.Holders = sessions
 		if m.Limit > 0 && sessions > 0 && sessions == agree {

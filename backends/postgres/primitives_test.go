@@ -3,8 +3,11 @@ package postgres_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/url"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -498,5 +501,70 @@ func TestWatchMode(t *testing.T) {
 	case <-other:
 		t.Fatal("notified of another key")
 	default:
+	}
+}
+
+// TestContendedPrimitives runs readers and writers, and permit holders, of
+// three backends at once, waiting in the server's queue, and checks the
+// exclusions held throughout.
+func TestContendedPrimitives(t *testing.T) {
+	h := newHarness(t, server(t), "")
+	bs := []*postgres.Backend{h.backend(t), h.backend(t), h.backend(t)}
+	ctx := ctxT(t, 60*time.Second)
+	var readers, writers, permits atomic.Int32
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for g := range 12 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			b := bs[g%len(bs)]
+			for i := range 15 {
+				tok := fmt.Sprint("t", g, "-", i)
+				var err error
+				switch g % 4 {
+				case 0: // a writer
+					if _, err = b.AcquireModeWait(ctx, "k", tok, 10*time.Second, write); err == nil {
+						if writers.Add(1) != 1 || readers.Load() != 0 {
+							errs <- fmt.Errorf("writer beside %d writers, %d readers", writers.Load(), readers.Load())
+						}
+						writers.Add(-1)
+						err = b.ReleaseMode(ctx, "k", tok, write)
+					}
+				case 1, 2: // readers
+					if _, err = b.AcquireModeWait(ctx, "k", tok, 10*time.Second, read); err == nil {
+						readers.Add(1)
+						if writers.Load() != 0 {
+							errs <- errors.New("reader beside a writer")
+						}
+						readers.Add(-1)
+						err = b.ReleaseMode(ctx, "k", tok, read)
+					}
+				case 3: // permits of 2
+					if _, err = b.AcquireModeWait(ctx, "s", tok, 10*time.Second, permit(2)); err == nil {
+						if n := permits.Add(1); n > 2 {
+							errs <- fmt.Errorf("%d permits of 2", n)
+						}
+						permits.Add(-1)
+						err = b.ReleaseMode(ctx, "s", tok, permit(2))
+					}
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	for _, kind := range []driver.Mode{read, permit(2)} {
+		key := map[driver.Kind]string{driver.Read: "k", driver.Permit: "s"}[kind.Kind]
+		if info, err := bs[0].InspectMode(ctx, key, kind); err != nil || info.Holders != 0 {
+			t.Errorf("%v left: %+v, %v", kind.Kind, info, err)
+		}
 	}
 }
