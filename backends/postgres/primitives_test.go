@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,6 +18,7 @@ import (
 	"github.com/distlock/distlock"
 	"github.com/distlock/distlock/backends/postgres"
 	"github.com/distlock/distlock/conformance"
+	"github.com/distlock/distlock/distlocktest"
 	"github.com/distlock/distlock/driver"
 )
 
@@ -566,5 +568,48 @@ func TestContendedPrimitives(t *testing.T) {
 		if info, err := bs[0].InspectMode(ctx, key, kind); err != nil || info.Holders != 0 {
 			t.Errorf("%v left: %+v, %v", kind.Kind, info, err)
 		}
+	}
+}
+
+// BenchmarkPrimitives measures an uncontended acquire and release of each
+// kind on one backend, and of a plain lock beside them.
+func BenchmarkPrimitives(b *testing.B) {
+	srv := distlocktest.StartPostgres(b)
+	ctx := context.Background()
+	sep := "?"
+	if strings.Contains(srv.URL, "?") {
+		sep = "&"
+	}
+	be, err := distlock.OpenBackend(ctx, srv.URL+sep+"distlock_namespace=bench")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer be.Close()
+	pb := be.(*postgres.Backend)
+	for _, m := range []driver.Mode{{}, read, write, permit(4), leader("v")} {
+		name := "lock"
+		if m.Kind != 0 {
+			name = m.Kind.String()
+		}
+		b.Run(name, func(b *testing.B) {
+			for i := 0; b.Loop(); i++ {
+				tok := strconv.Itoa(i)
+				if m.Kind == 0 {
+					if _, err := pb.Acquire(ctx, "k", tok, time.Minute); err != nil {
+						b.Fatal(err)
+					}
+					if err := pb.Release(ctx, "k", tok); err != nil {
+						b.Fatal(err)
+					}
+					continue
+				}
+				if _, err := pb.AcquireMode(ctx, "k", tok, time.Minute, m); err != nil {
+					b.Fatal(err)
+				}
+				if err := pb.ReleaseMode(ctx, "k", tok, m); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
