@@ -67,6 +67,15 @@
 // that raced with it is unlocked. Close unlocks whatever the Backend still
 // holds, as a process exit would.
 //
+// # Read-write locks, semaphores, elections
+//
+// Backend implements driver.Primitives (Read, Write, Permit, Leader),
+// driver.ModeWaiter and driver.ModeWatcher on advisory locks of their own
+// (ModeLockID), held like plain locks on the same sessions with their own
+// tokens, TTLs and fences; readers, waiting writers and leaders are
+// recorded in an unlogged table (WithTable), and changes are announced
+// on NotifyChannel. See primitives.go and docs/postgres.md.
+//
 // # Cross-instance release
 //
 // Not supported (Capabilities.CrossInstanceRelease is false): only the
