@@ -17,8 +17,9 @@ import (
 // an operator would on the PostgreSQL server of a postgres:// URL: it
 // terminates the server sessions holding the key's advisory lock
 // (postgres.ModeLockID of the URL's distlock_namespace, kind and key) and
-// deletes the key's rows of the primitives' table (waiting writers, the
-// leader). It succeeds when nobody holds the key.
+// deletes the key's rows of the primitives' table that they wrote (readers,
+// the leader) and its waiting writers' marks, leaving a holder that took
+// the key meanwhile alone. It succeeds when nobody holds the key.
 func postgresModeRevoke(rawURL string) func(ctx context.Context, key string, kind driver.Kind) error {
 	return func(ctx context.Context, key string, kind driver.Kind) error {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), revokeTimeout)
@@ -68,11 +69,16 @@ func postgresModeRevoke(rawURL string) func(ctx context.Context, key string, kin
 			case <-time.After(10 * time.Millisecond):
 			}
 		}
-		_, err = conn.Exec(ctx, "DELETE FROM "+pgx.Identifier(strings.Split(table, ".")).Sanitize()+" WHERE id = $1", id)
+		_, err = conn.Exec(ctx, "DELETE FROM "+pgx.Identifier(strings.Split(table, ".")).Sanitize()+" WHERE id = $1 AND (pid = ANY($2) OR fence = 0)", id, pids)
 		var pe interface{ SQLState() string }
 		if errors.As(err, &pe) && pe.SQLState() == "42P01" {
 			return nil // no table: nothing recorded
 		}
 		return err
 	}
+}
+
+func init() {
+	modeRevokers["postgres"] = postgresModeRevoke
+	modeRevokers["postgresql"] = postgresModeRevoke
 }

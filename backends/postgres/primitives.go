@@ -38,9 +38,9 @@ import (
 //     in the same statement, and read back joined with pg_locks, so the row
 //     of a leader whose session is gone is never reported.
 //
-// A refused Write records its token as a waiting writer in the table until
-// its TTL passes (or ReleaseMode(Write)); a Read by a new token is refused
-// while such a mark lives. Waits (AcquireModeWait) queue in the server's
+// A refused Write with Mode.Waiting records its token as a waiting writer
+// in the table until its TTL passes (or ReleaseMode(Write)); a Read by a
+// new token is refused while such a mark lives. Waits (AcquireModeWait) queue in the server's
 // lock manager, which lets no new shared request overtake a waiting
 // exclusive one.
 
@@ -123,8 +123,8 @@ var (
 
 // createTable creates the table of waiting writers and leaders.
 func createTable(ctx context.Context, c *pgx.Conn, table string) error {
-	_, err := c.Exec(ctx, "CREATE UNLOGGED TABLE IF NOT EXISTS "+quoteIdent(table)+" (id bigint NOT NULL, token text NOT NULL,"+
-		" value text NOT NULL DEFAULT '', fence bigint NOT NULL DEFAULT 0, pid int NOT NULL DEFAULT 0,"+
+	_, err := c.Exec(ctx, "CREATE UNLOGGED TABLE IF NOT EXISTS "+quoteIdent(table)+" (id bigint NOT NULL, token bytea NOT NULL,"+
+		" value bytea NOT NULL DEFAULT '', fence bigint NOT NULL DEFAULT 0, pid int NOT NULL DEFAULT 0,"+
 		" expires timestamptz NOT NULL, PRIMARY KEY (id, token))")
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) && (pe.Code == "23505" || pe.Code == "42P07") {
@@ -175,7 +175,7 @@ func (b *Backend) readSQL() string {
 // many readers it holds): its row lives while its session holds the
 // share, and goes with its release, or the next writer's grant.
 func (b *Backend) readerCTE(token, pid string) string {
-	return ", i AS (INSERT INTO " + b.tbl() + " (id, token, fence, pid, expires) SELECT $1, " + token + "::text, fence, " + pid +
+	return ", i AS (INSERT INTO " + b.tbl() + " (id, token, fence, pid, expires) SELECT $1, " + token + "::bytea, fence, " + pid +
 		", 'infinity' FROM f WHERE fence > 0 ON CONFLICT (id, token) DO UPDATE SET fence = excluded.fence, pid = excluded.pid, expires = excluded.expires)"
 }
 
@@ -185,7 +185,7 @@ func (b *Backend) readerCTE(token, pid string) string {
 func (b *Backend) writeSQL() string {
 	return "WITH l AS MATERIALIZED (SELECT CASE WHEN $4::bool THEN pg_try_advisory_lock($1) ELSE false END AS ok)," +
 		" f AS MATERIALIZED (SELECT CASE WHEN ok THEN nextval(" + seqLit(b.cfg.sequence) + ") ELSE 0 END AS fence FROM l)," +
-		" m AS (INSERT INTO " + b.tbl() + " (id, token, expires) SELECT $1, $2::text, " + fmt.Sprintf(ttlExpr, "$3") +
+		" m AS (INSERT INTO " + b.tbl() + " (id, token, expires) SELECT $1, $2::bytea, " + fmt.Sprintf(ttlExpr, "$3") +
 		" FROM l WHERE NOT ok AND $5::bool ON CONFLICT (id, token) DO UPDATE SET expires = excluded.expires)," +
 		" d AS (DELETE FROM " + b.tbl() + " WHERE id = $1 AND (token = $2 OR fence > 0) AND (SELECT ok FROM l))" +
 		" SELECT fence + " + notifyIf("fence > 0", "$1") + ", pg_backend_pid() FROM f"
@@ -194,9 +194,9 @@ func (b *Backend) writeSQL() string {
 // leaderCTEs records the leader once f has its fence: $1 id, and the
 // parameters of token, value and ttl (ms).
 func (b *Backend) leaderCTEs(token, value, ttl, pid string) string {
-	return ", d AS (DELETE FROM " + b.tbl() + " WHERE id = $1 AND token <> " + token + "::text AND (SELECT fence FROM f) > 0)," +
-		" i AS (INSERT INTO " + b.tbl() + " (id, token, value, fence, pid, expires) SELECT $1, " + token + "::text, " + value +
-		"::text, fence, " + pid + ", " + fmt.Sprintf(ttlExpr, ttl) + " FROM f WHERE fence > 0" +
+	return ", d AS (DELETE FROM " + b.tbl() + " WHERE id = $1 AND token <> " + token + "::bytea AND (SELECT fence FROM f) > 0)," +
+		" i AS (INSERT INTO " + b.tbl() + " (id, token, value, fence, pid, expires) SELECT $1, " + token + "::bytea, " + value +
+		"::bytea, fence, " + pid + ", " + fmt.Sprintf(ttlExpr, ttl) + " FROM f WHERE fence > 0" +
 		" ON CONFLICT (id, token) DO UPDATE SET value = excluded.value, fence = excluded.fence, pid = excluded.pid, expires = excluded.expires)"
 }
 
@@ -233,8 +233,12 @@ func (b *Backend) permitSQL() string {
 		" count(*) FILTER (WHERE classid = $5::int8::oid AND objid = $6::int8::oid) FROM pg_locks WHERE " +
 		advisoryHere + " AND granted) THEN -" + both +
 		" ELSE -2 END AS st)," +
+		// The session's own slots (of a concurrent acquire of this
+		// Backend): a try would take them again.
+		" own AS MATERIALIZED (SELECT classid::int8 << 32 | objid::int8 AS id FROM pg_locks" +
+		" WHERE " + advisoryHere + " AND pid = pg_backend_pid() AND mode = 'ExclusiveLock' AND granted)," +
 		" sl AS MATERIALIZED (SELECT u.id FROM unnest($7::int8[]) AS u(id) WHERE CASE WHEN (SELECT st FROM c) = -2" +
-		" THEN pg_try_advisory_lock(u.id) ELSE false END LIMIT 1)" +
+		" AND u.id NOT IN (SELECT id FROM own) THEN pg_try_advisory_lock(u.id) ELSE false END LIMIT 1)" +
 		" SELECT CASE WHEN st <> -2 THEN st WHEN NOT EXISTS (SELECT 1 FROM sl) THEN 0 * " + both +
 		" ELSE nextval(" + seqLit(b.cfg.sequence) + ") + " + notifyIf("true", "$1") + " END, pg_backend_pid(), coalesce((SELECT id FROM sl), 0) FROM c"
 }
@@ -253,12 +257,12 @@ func (b *Backend) unlockMode(h *held) (with, expr string, args []any) {
 func (b *Backend) unlockModeQuiet(h *held) (with, expr string, args []any) {
 	switch h.kind {
 	case driver.Read:
-		return "WITH d AS (DELETE FROM " + b.tbl() + " WHERE id = $1 AND token = $2) ", "pg_advisory_unlock_shared($1)::int", []any{h.id, h.token}
+		return "WITH d AS (DELETE FROM " + b.tbl() + " WHERE id = $1 AND token = $2) ", "pg_advisory_unlock_shared($1)::int", []any{h.id, []byte(h.token)}
 	case driver.Permit:
 		return "", "(pg_advisory_unlock($1)::int & pg_advisory_unlock_shared($2)::int & pg_advisory_unlock_shared($3)::int)",
 			[]any{h.id, h.pair[0], h.pair[1]}
 	case driver.Leader:
-		return "WITH d AS (DELETE FROM " + b.tbl() + " WHERE id = $1 AND token = $2) ", "pg_advisory_unlock($1)::int", []any{h.id, h.token}
+		return "WITH d AS (DELETE FROM " + b.tbl() + " WHERE id = $1 AND token = $2) ", "pg_advisory_unlock($1)::int", []any{h.id, []byte(h.token)}
 	}
 	return "", "pg_advisory_unlock($1)::int", []any{h.id}
 }
@@ -359,7 +363,7 @@ func ms(d time.Duration) int64 { return max(d.Milliseconds(), 1) }
 // AcquireMode implements driver.Primitives: one statement on the key's
 // holder session (see the package's Primitives documentation).
 func (b *Backend) AcquireMode(ctx context.Context, key, token string, ttl time.Duration, m driver.Mode) (driver.Grant, error) {
-	return b.acquireMode(ctx, key, token, ttl, m, true)
+	return b.acquireMode(ctx, key, token, ttl, m, m.Waiting)
 }
 
 // acquireMode is AcquireMode; mark tells whether a refused Write marks
@@ -405,11 +409,11 @@ func (b *Backend) acquireMode(ctx context.Context, key, token string, ttl time.D
 			local = local || x.s == b.sessionFor(route)
 		}
 		hi, lo := hiLo(h.id)
-		o.sql, o.args = b.readSQL(), []any{h.id, hi, lo, local, token}
+		o.sql, o.args = b.readSQL(), []any{h.id, hi, lo, local, []byte(token)}
 	case driver.Write:
 		h.id = b.modeID(domainRW, 0, key)
 		route = h.id
-		o.sql, o.args = b.writeSQL(), []any{h.id, token, ms(ttl), len(hs) == 0, mark}
+		o.sql, o.args = b.writeSQL(), []any{h.id, []byte(token), ms(ttl), len(hs) == 0, mark}
 		if len(hs) > 0 && !mark {
 			b.mu.Unlock()
 			return driver.Grant{}, distlock.ErrNotAcquired
@@ -433,7 +437,7 @@ func (b *Backend) acquireMode(ctx context.Context, key, token string, ttl time.D
 			b.mu.Unlock()
 			return driver.Grant{}, distlock.ErrNotAcquired
 		}
-		o.sql, o.args = b.leaderSQL(), []any{h.id, token, m.Value, ms(ttl)}
+		o.sql, o.args = b.leaderSQL(), []any{h.id, []byte(token), []byte(m.Value), ms(ttl)}
 	case driver.Permit:
 		taken := map[int64]bool{}
 		for _, x := range hs {
@@ -502,7 +506,7 @@ func (b *Backend) refreshMode(ctx context.Context, key, token string, ttl time.D
 			if notHeld == distlock.ErrNotAcquired { // a re-acquire
 				h.value = m.Value
 			}
-			return &op{kind: opSQL, sql: b.leaderUpdateSQL(), args: []any{h.id, token, h.value, ms(ttl), notHeld == distlock.ErrNotAcquired},
+			return &op{kind: opSQL, sql: b.leaderUpdateSQL(), args: []any{h.id, []byte(token), []byte(h.value), ms(ttl), notHeld == distlock.ErrNotAcquired},
 				done: make(chan struct{})}
 		}
 	}
@@ -543,7 +547,7 @@ func (b *Backend) ReleaseMode(ctx context.Context, key, token string, m driver.M
 		o := &op{kind: opSQL, done: make(chan struct{}),
 			sql: "WITH d AS (DELETE FROM " + b.tbl() + " WHERE id = $1 AND token = $2 RETURNING 1) SELECT count(*) + " +
 				notifyIf("count(*) > 0", "$1") + ", pg_backend_pid() FROM d",
-			args: []any{id, token}}
+			args: []any{id, []byte(token)}}
 		b.sessionFor(id).enqueueLocked(o)
 		b.mu.Unlock()
 		if err := b.wait(ctx, o); err != nil {
@@ -604,15 +608,15 @@ func (b *Backend) AcquireModeWait(ctx context.Context, key, token string, ttl ti
 	case driver.Read:
 		h.id = b.modeID(domainRW, 0, key)
 		sql = waitModeSQL(b.cfg.sequence, "pg_advisory_lock_shared", true, b.readerCTE("$3", "pid"))
-		args = []any{token}
+		args = []any{[]byte(token)}
 	case driver.Write:
 		h.id = b.modeID(domainRW, 0, key)
 		sql = waitModeSQL(b.cfg.sequence, "pg_advisory_lock", true, ", d AS (DELETE FROM "+b.tbl()+" WHERE id = $1 AND (token = $3 OR fence > 0))")
-		args = []any{token}
+		args = []any{[]byte(token)}
 	case driver.Leader:
 		h.id = b.modeID(domainLeader, 0, key)
 		sql = waitModeSQL(b.cfg.sequence, "pg_advisory_lock", true, b.leaderCTEs("$3", "$4", "$5", "pid"))
-		args = []any{token, m.Value, ms(ttl)}
+		args = []any{[]byte(token), []byte(m.Value), ms(ttl)}
 	}
 	return b.waitFor(ctx, h, ttl, sql, args, func() {
 		hs := b.modes[mk]
@@ -712,14 +716,18 @@ func (b *Backend) InspectMode(ctx context.Context, key string, m driver.Mode) (d
 			return info, nil
 		}
 		hi, lo := hiLo(id)
-		var ttlMS int64
+		var (
+			ttlMS        int64
+			token, value []byte
+		)
 		err = c.QueryRow(ctx, "SELECT token, value, fence, ceil(extract(epoch FROM expires - clock_timestamp()) * 1000)::int8 FROM "+b.tbl()+
 			" WHERE id = $1 AND expires > clock_timestamp() AND pid IN (SELECT pid FROM pg_locks WHERE "+lockMatch("$2", "$3")+
-			" AND granted AND mode = 'ExclusiveLock') ORDER BY fence DESC LIMIT 1", id, hi, lo).Scan(&info.Token, &info.Value, &info.Fence, &ttlMS)
+			" AND granted AND mode = 'ExclusiveLock') ORDER BY fence DESC LIMIT 1", id, hi, lo).Scan(&token, &value, &info.Fence, &ttlMS)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return driver.ModeInfo{}, nil
 		}
 		info.Holders, info.Exclusive, info.TTL = 1, true, time.Duration(ttlMS)*time.Millisecond
+		info.Token, info.Value = string(token), string(value)
 	case driver.Permit:
 		ahi, alo := hiLo(b.modeID(domainHeld, 0, key))
 		var lhi, llo int64

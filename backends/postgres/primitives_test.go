@@ -59,7 +59,7 @@ func (h *harness) backend(t *testing.T) *postgres.Backend {
 
 var (
 	read   = driver.Mode{Kind: driver.Read}
-	write  = driver.Mode{Kind: driver.Write}
+	write  = driver.Mode{Kind: driver.Write, Waiting: true}
 	leader = func(v string) driver.Mode { return driver.Mode{Kind: driver.Leader, Value: v} }
 	permit = func(n int) driver.Mode { return driver.Mode{Kind: driver.Permit, Limit: n} }
 )
