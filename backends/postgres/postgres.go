@@ -600,6 +600,7 @@ type refreshOf struct {
 	find    func(now time.Time) *held
 	missing func(local bool) error
 	req     func(h *held) *op
+	stamp   bool // set Grant.At: the new TTL's start
 }
 
 // refreshHeld resets the TTL of the entry r finds for token after checking,
@@ -639,7 +640,11 @@ func (b *Backend) refreshHeld(ctx context.Context, token string, ttl time.Durati
 	}
 	h.expiry = now.Add(ttl)
 	h.timer.Reset(ttl)
-	return driver.Grant{TTL: ttl, Fence: h.fence}, nil
+	g := driver.Grant{TTL: ttl, Fence: h.fence}
+	if r.stamp {
+		g.At = now
+	}
+	return g, nil
 }
 
 // Extend implements driver.Backend.

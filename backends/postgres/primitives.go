@@ -481,7 +481,9 @@ func (b *Backend) acquireMode(ctx context.Context, key, token string, ttl time.D
 	case o.err != nil:
 		return driver.Grant{}, b.unavailable(o.err)
 	case o.ok:
-		return driver.Grant{TTL: ttl, Fence: o.fence}, nil
+		// The TTL counts from when the grant was seen, as the Backend's
+		// own expiry does: the handle's ends with it, not before.
+		return driver.Grant{TTL: ttl, Fence: o.fence, At: o.at}, nil
 	case o.val < 0:
 		return driver.Grant{}, distlock.ErrLimitMismatch
 	}
@@ -500,6 +502,7 @@ func (b *Backend) refreshMode(ctx context.Context, key, token string, ttl time.D
 			return nil
 		},
 		missing: func(bool) error { return notHeld },
+		stamp:   true,
 	}
 	if m.Kind == driver.Leader {
 		r.req = func(h *held) *op {
@@ -618,7 +621,7 @@ func (b *Backend) AcquireModeWait(ctx context.Context, key, token string, ttl ti
 		sql = waitModeSQL(b.cfg.sequence, "pg_advisory_lock", true, b.leaderCTEs("$3", "$4", "$5", "pid"))
 		args = []any{[]byte(token), []byte(m.Value), ms(ttl)}
 	}
-	return b.waitFor(ctx, h, ttl, sql, args, func() {
+	g, err = b.waitFor(ctx, h, ttl, sql, args, func() {
 		hs := b.modes[mk]
 		if hs == nil {
 			hs = map[string]*held{}
@@ -626,6 +629,16 @@ func (b *Backend) AcquireModeWait(ctx context.Context, key, token string, ttl ti
 		}
 		hs[token] = h
 	})
+	return g, waitEnded(ctx, err)
+}
+
+// waitEnded makes the error of a wait that ctx ended, after a try found
+// the key held, match distlock.ErrNotAcquired as well as ctx.Err().
+func waitEnded(ctx context.Context, err error) error {
+	if err != nil && ctx.Err() != nil && errors.Is(err, ctx.Err()) && !errors.Is(err, distlock.ErrNotAcquired) {
+		return fmt.Errorf("%w: %w", distlock.ErrNotAcquired, err)
+	}
+	return err
 }
 
 // pollPermit retries AcquireMode until a permit is granted or ctx ends.
@@ -633,12 +646,6 @@ func (b *Backend) pollPermit(ctx context.Context, key, token string, ttl time.Du
 	wait := 2 * time.Millisecond
 	for {
 		g, err := b.AcquireMode(ctx, key, token, ttl, m)
-		if ctx.Err() != nil {
-			if err == nil { // granted as ctx ended: nobody takes it
-				_ = b.ReleaseMode(context.WithoutCancel(ctx), key, token, m)
-			}
-			return driver.Grant{}, fmt.Errorf("postgres: waiting for a permit: %w", ctx.Err())
-		}
 		if !errors.Is(err, distlock.ErrNotAcquired) {
 			return g, err
 		}
@@ -646,7 +653,7 @@ func (b *Backend) pollPermit(ctx context.Context, key, token string, ttl time.Du
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return driver.Grant{}, fmt.Errorf("postgres: waiting for a permit: %w", ctx.Err())
+			return driver.Grant{}, fmt.Errorf("%w: postgres: waiting for a permit: %w", distlock.ErrNotAcquired, ctx.Err())
 		case <-t.C:
 		}
 		wait = min(2*wait, 100*time.Millisecond)

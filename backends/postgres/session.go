@@ -47,6 +47,7 @@ type op struct {
 	fence     uint64
 	waiters   int // opProbe
 	val, aux  int64
+	at        time.Time // opLock: when the grant was seen, the TTL's start
 	err       error
 }
 
@@ -509,7 +510,8 @@ func (b *Backend) finishLocked(s *session, o *op, v int64, err error) {
 			h.pending = false
 			h.pid = s.pid
 			h.fence = uint64(v)
-			h.expiry = time.Now().Add(o.ttl)
+			o.at = time.Now()
+			h.expiry = o.at.Add(o.ttl)
 			h.timer = time.AfterFunc(o.ttl, func() { b.onExpiry(h) })
 			s.held[h] = struct{}{}
 			o.ok, o.fence = true, h.fence
