@@ -613,3 +613,24 @@ func BenchmarkPrimitives(b *testing.B) {
 		})
 	}
 }
+
+func TestModeBinaryTokensAndValues(t *testing.T) {
+	h := newHarness(t, server(t), "")
+	a, b := h.backend(t), h.backend(t)
+	ctx := ctxT(t, 30*time.Second)
+	must := musts(t)
+	tok, val := "t\x00\xff", "\x00v\xfe"
+	g := must(a.AcquireMode(ctx, "\x00e", tok, time.Minute, leader(val)))
+	info, err := b.InspectMode(ctx, "\x00e", leader(""))
+	if err != nil || info.Token != tok || info.Value != val || info.Fence != g.Fence {
+		t.Fatalf("inspect: %+v, %v", info, err)
+	}
+	must(a.AcquireMode(ctx, "\x00k", tok, time.Minute, read))
+	_, err = b.AcquireMode(ctx, "\x00k", tok+"w", time.Minute, write)
+	wantErr(t, err, distlock.ErrNotAcquired, "write while read")
+	wantErr(t, b.ReleaseMode(ctx, "\x00k", tok+"w", write), distlock.ErrNotHeld, "release of the mark")
+	if err := a.ReleaseMode(ctx, "\x00k", tok, read); err != nil {
+		t.Fatal(err)
+	}
+	must(b.AcquireMode(ctx, "\x00k", tok+"w", time.Minute, write))
+}
