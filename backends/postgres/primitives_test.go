@@ -639,3 +639,35 @@ func TestModeBinaryTokensAndValues(t *testing.T) {
 	}
 	must(b.AcquireMode(ctx, "\x00k", tok+"w", time.Minute, write))
 }
+
+func TestModeTableMigration(t *testing.T) {
+	h := newHarness(t, server(t), "")
+	ctx := ctxT(t, 30*time.Second)
+	must := musts(t)
+	p := pool(t, h)
+	table := fmt.Sprintf("state_manual_%d", nsSeq.Add(1))
+	if err := postgres.Migrate(ctx, p); err != nil { // the sequence (and the default table)
+		t.Fatal(err)
+	}
+	// No table, no auto-migration: the primitives that need it say so, and
+	// the plain locks on the same session are untouched.
+	b := postgres.New(p, postgres.WithNamespace(h.ns), postgres.WithoutAutoMigrate(), postgres.WithTable(table), postgres.WithSessions(1))
+	t.Cleanup(func() { b.Close() })
+	must(b.Acquire(ctx, "plain", "t", time.Minute))
+	_, err := b.AcquireMode(ctx, "e", "l", time.Minute, leader("v"))
+	if !errors.Is(err, distlock.ErrUnavailable) || !strings.Contains(err.Error(), "Migrate") {
+		t.Fatalf("leader without its table: %v", err)
+	}
+	must(b.AcquireMode(ctx, "s", "p", time.Minute, permit(1))) // needs no table
+	if err := b.Release(ctx, "plain", "t"); err != nil {
+		t.Fatalf("plain lock after the refusal: %v", err)
+	}
+	if err := postgres.Migrate(ctx, p, postgres.WithTable(table)); err != nil {
+		t.Fatal(err)
+	}
+	must(b.AcquireMode(ctx, "e", "l", time.Minute, leader("v")))
+	var n int
+	if err := p.QueryRow(ctx, "SELECT count(*) FROM "+table).Scan(&n); err != nil || n != 1 {
+		t.Fatalf("rows in %s: %d, %v", table, n, err)
+	}
+}
