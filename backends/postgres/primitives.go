@@ -40,9 +40,10 @@ import (
 //
 // A refused Write with Mode.Waiting records its token as a waiting writer
 // in the table until its TTL passes (or ReleaseMode(Write)); a Read by a
-// new token is refused while such a mark lives. Waits (AcquireModeWait) queue in the server's
-// lock manager, which lets no new shared request overtake a waiting
-// exclusive one.
+// new token is refused while such a mark lives. Waits (AcquireModeWait)
+// queue in the server's lock manager, which lets no new shared request
+// overtake a waiting exclusive one. Every change of holders notifies
+// NotifyChannel (WatchMode).
 
 // MaxPermits is the largest semaphore limit the backend accepts: every
 // acquire offers the server the slots it may take.
