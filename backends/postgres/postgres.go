@@ -67,6 +67,15 @@
 // that raced with it is unlocked. Close unlocks whatever the Backend still
 // holds, as a process exit would.
 //
+// # Read-write locks, semaphores, elections
+//
+// Backend implements driver.Primitives (Read, Write, Permit, Leader),
+// driver.ModeWaiter and driver.ModeWatcher on advisory locks of their own
+// (ModeLockID), held like plain locks on the same sessions with their own
+// tokens, TTLs and fences; readers, waiting writers and leaders are
+// recorded in an unlogged table (WithTable), and changes are announced
+// on NotifyChannel. See primitives.go and docs/postgres.md.
+//
 // # Cross-instance release
 //
 // Not supported (Capabilities.CrossInstanceRelease is false): only the
@@ -108,6 +117,7 @@
 //	distlock_sessions=N        see WithSessions
 //	distlock_idle_timeout=10s  see WithIdleTimeout
 //	distlock_sequence=NAME     see WithSequence
+//	distlock_table=NAME        see WithTable
 //	distlock_migrate=false     see WithoutAutoMigrate
 //	distlock_allow_pooler=true see WithAllowPooler
 //
@@ -154,6 +164,9 @@ const (
 	DefaultIdleTimeout = 10 * time.Second
 	// DefaultSequence is the sequence fences are drawn from.
 	DefaultSequence = "distlock_fence"
+	// DefaultTable is the table of read-write locks' waiting writers and
+	// elections' leaders (see Primitives in docs/postgres.md).
+	DefaultTable = "distlock_state"
 	// DefaultOpTimeout bounds one round trip on a holder session.
 	DefaultOpTimeout = 30 * time.Second
 	// DefaultWaitConns is how many connections a Backend opened from a URL
@@ -179,6 +192,7 @@ type config struct {
 	idleTimeout time.Duration
 	heartbeat   time.Duration
 	sequence    string
+	table       string
 	migrate     bool
 	allowPooler bool
 	opTimeout   time.Duration
@@ -189,6 +203,7 @@ func defaultConfig() config {
 		sessions:    DefaultSessions,
 		idleTimeout: DefaultIdleTimeout,
 		sequence:    DefaultSequence,
+		table:       DefaultTable,
 		migrate:     true,
 		opTimeout:   DefaultOpTimeout,
 	}
@@ -231,6 +246,17 @@ func WithSequence(name string) Option {
 	return func(c *config) {
 		if name != "" {
 			c.sequence = name
+		}
+	}
+}
+
+// WithTable sets the (optionally schema-qualified) name of the table in
+// which waiting writers of read-write locks and the leaders of elections
+// are recorded. The default is distlock_state. Plain locks never use it.
+func WithTable(name string) Option {
+	return func(c *config) {
+		if name != "" {
+			c.table = name
 		}
 	}
 }
@@ -278,9 +304,9 @@ func LockID(namespace, key string) int64 {
 	return int64(binary.BigEndian.Uint64(h.Sum(sum[:0])[:8]))
 }
 
-// Migrate creates the fence sequence (default distlock_fence; pass the same
-// options as to New) if it does not exist. It is idempotent and safe to run
-// concurrently.
+// Migrate creates the fence sequence (default distlock_fence) and the table
+// of the primitives (default distlock_state; pass the same options as to
+// New) if they do not exist. It is idempotent and safe to run concurrently.
 func Migrate(ctx context.Context, pool *pgxpool.Pool, opts ...Option) error {
 	cfg := defaultConfig()
 	for _, o := range opts {
@@ -293,7 +319,10 @@ func Migrate(ctx context.Context, pool *pgxpool.Pool, opts ...Option) error {
 		return describeConnError(err)
 	}
 	defer c.Release()
-	return createSequence(ctx, c.Conn(), cfg.sequence)
+	if err := createSequence(ctx, c.Conn(), cfg.sequence); err != nil {
+		return err
+	}
+	return createTable(ctx, c.Conn(), cfg.table)
 }
 
 func createSequence(ctx context.Context, c *pgx.Conn, seq string) error {
@@ -324,13 +353,17 @@ type Backend struct {
 	mu       sync.Mutex
 	locks    map[string]*held
 	ids      map[int64]*held
-	dead     map[string]*held      // locks lost with their session, until their TTL passes
-	extra    map[*session]struct{} // sessions of locks granted by AcquireWait
+	modes    map[modeKey]map[string]*held // holds of the primitives, by token
+	dead     map[string]*held             // locks lost with their session, until their TTL passes
+	extra    map[*session]struct{}        // sessions of locks granted by AcquireWait
 	closed   bool
 	migrated bool
+	tableOK  bool // the table of the primitives exists
 
 	ctx    context.Context // cancelled by Close
 	cancel context.CancelFunc
+
+	notes notifier // WatchMode's listener
 
 	lockID func(key string) int64 // LockID in the namespace; tests replace it
 	where  string                 // host:port of the server, for errors
@@ -359,6 +392,14 @@ type held struct {
 	watch    map[*lossCB]struct{} // WatchLoss callbacks, called when the lock is lost (not on release)
 	gone     bool
 	released bool // gone by Release
+
+	// The primitives (kind != 0; see primitives.go).
+	kind  driver.Kind
+	mk    modeKey
+	value string   // Leader: the value published
+	limit int      // Permit: the limit agreed on
+	pair  [2]int64 // Permit: the shared "held" and "limit" locks
+	pid   uint32   // the server backend PID of the session holding it
 }
 
 // New returns a Backend taking its holder sessions from pool. The pool
@@ -379,6 +420,7 @@ func New(pool *pgxpool.Pool, opts ...Option) *Backend {
 		cfg:   cfg,
 		locks: map[string]*held{},
 		ids:   map[int64]*held{},
+		modes: map[modeKey]map[string]*held{},
 		dead:  map[string]*held{},
 		extra: map[*session]struct{}{},
 		lockSQL: "SELECT CASE WHEN pg_try_advisory_lock($1) THEN nextval('" +
@@ -433,11 +475,15 @@ func (b *Backend) dropLocked(h *held, lost bool) {
 		return
 	}
 	h.gone = true
-	if b.locks[h.key] == h {
-		delete(b.locks, h.key)
-	}
-	if b.ids[h.id] == h {
-		delete(b.ids, h.id)
+	if h.kind != 0 {
+		b.forgetModeLocked(h)
+	} else {
+		if b.locks[h.key] == h {
+			delete(b.locks, h.key)
+		}
+		if b.ids[h.id] == h {
+			delete(b.ids, h.id)
+		}
 	}
 	if h.timer != nil {
 		h.timer.Stop()
@@ -470,7 +516,7 @@ func (b *Backend) expireLocked(h *held) {
 		return
 	}
 	b.dropLocked(h, true)
-	h.s.enqueueLocked(&op{kind: opUnlock, id: h.id})
+	h.s.enqueueLocked(&op{kind: opUnlock, id: h.id, h: h})
 }
 
 // Acquire implements driver.Backend.
@@ -535,16 +581,41 @@ func (b *Backend) wait(ctx context.Context, o *op) error {
 // trip, that the holder session is alive. notHeld is returned when it is
 // not held.
 func (b *Backend) refresh(ctx context.Context, key, token string, ttl time.Duration, notHeld error) (driver.Grant, error) {
+	return b.refreshHeld(ctx, token, ttl, notHeld, refreshOf{
+		find: func(now time.Time) *held { return b.liveLocked(key, now) },
+		missing: func(local bool) error {
+			if notHeld == distlock.ErrNotHeld {
+				return b.deadCheck(ctx, key, token, local)
+			}
+			return notHeld
+		},
+	})
+}
+
+// refreshOf says what refreshHeld refreshes: find returns the live entry
+// (called with b.mu held), missing answers when token does not hold it,
+// and req, if set, is the request that checks the session and records
+// the new TTL on the server (called with b.mu held; default a ping).
+type refreshOf struct {
+	find    func(now time.Time) *held
+	missing func(local bool) error
+	req     func(h *held) *op
+	stamp   bool // set Grant.At: the new TTL's start
+}
+
+// refreshHeld resets the TTL of the entry r finds for token after checking,
+// with a round trip, that its session is alive.
+func (b *Backend) refreshHeld(ctx context.Context, token string, ttl time.Duration, notHeld error, r refreshOf) (driver.Grant, error) {
 	b.mu.Lock()
-	h := b.liveLocked(key, time.Now())
+	h := r.find(time.Now())
 	if h == nil || h.pending || h.token != token {
 		b.mu.Unlock()
-		if notHeld == distlock.ErrNotHeld {
-			return driver.Grant{}, b.deadCheck(ctx, key, token, h != nil)
-		}
-		return driver.Grant{}, notHeld
+		return driver.Grant{}, r.missing(h != nil)
 	}
 	o := &op{kind: opPing, done: make(chan struct{})}
+	if r.req != nil {
+		o = r.req(h)
+	}
 	h.s.enqueueLocked(o)
 	b.mu.Unlock()
 	if err := b.wait(ctx, o); err != nil {
@@ -569,7 +640,11 @@ func (b *Backend) refresh(ctx context.Context, key, token string, ttl time.Durat
 	}
 	h.expiry = now.Add(ttl)
 	h.timer.Reset(ttl)
-	return driver.Grant{TTL: ttl, Fence: h.fence}, nil
+	g := driver.Grant{TTL: ttl, Fence: h.fence}
+	if r.stamp {
+		g.At = now
+	}
+	return g, nil
 }
 
 // Extend implements driver.Backend.
@@ -610,7 +685,7 @@ func (b *Backend) Release(ctx context.Context, key, token string) error {
 // with b.mu held.
 func (b *Backend) buryLocked(h *held) {
 	wait := time.Until(h.expiry)
-	if wait <= 0 || b.closed {
+	if wait <= 0 || b.closed || h.kind != 0 {
 		return
 	}
 	b.forgetDeadLocked(h.key)
@@ -672,6 +747,9 @@ func (b *Backend) Capabilities() driver.Capabilities {
 		CrossInstanceRelease: false,
 		MinTTL:               time.Millisecond,
 		Granularity:          time.Millisecond,
+		ReadWrite:            true,
+		Semaphore:            true,
+		Election:             true,
 	}
 }
 
@@ -684,6 +762,13 @@ func (b *Backend) Close() error {
 		for _, h := range b.locks {
 			if h.timer != nil {
 				h.timer.Stop()
+			}
+		}
+		for _, hs := range b.modes {
+			for _, h := range hs {
+				if h.timer != nil {
+					h.timer.Stop()
+				}
 			}
 		}
 		for k := range b.dead {
@@ -717,6 +802,9 @@ func (b *Backend) WatchLoss(key, token string, lost func()) func() {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	h := b.liveLocked(key, time.Now())
+	if h == nil || h.pending || h.token != token {
+		h = b.modeHeldLocked(key, token) // a hold of a primitive
+	}
 	if h == nil || h.pending || h.token != token {
 		lost()
 		return func() {}
@@ -769,6 +857,11 @@ func openURL(ctx context.Context, u *url.URL) (driver.Backend, error) {
 				return nil, bad(errors.New("empty"))
 			}
 			opts = append(opts, WithSequence(v))
+		case "distlock_table":
+			if v == "" {
+				return nil, bad(errors.New("empty"))
+			}
+			opts = append(opts, WithTable(v))
 		case "distlock_migrate", "distlock_allow_pooler":
 			f, err := strconv.ParseBool(v)
 			if err != nil {
@@ -848,9 +941,10 @@ func (b *Backend) setup(ctx context.Context, c *pgx.Conn) (uint32, error) {
 		inRecovery bool
 		pid        uint32
 		seqOK      bool
+		tableOK    bool
 	)
-	err := c.QueryRow(ctx, "SELECT current_setting('server_version_num')::int, pg_is_in_recovery(), pg_backend_pid(), to_regclass($1) IS NOT NULL",
-		quoteIdent(b.cfg.sequence)).Scan(&version, &inRecovery, &pid, &seqOK)
+	err := c.QueryRow(ctx, "SELECT current_setting('server_version_num')::int, pg_is_in_recovery(), pg_backend_pid(), to_regclass($1) IS NOT NULL, to_regclass($2) IS NOT NULL",
+		quoteIdent(b.cfg.sequence), quoteIdent(b.cfg.table)).Scan(&version, &inRecovery, &pid, &seqOK, &tableOK)
 	if err != nil {
 		return 0, classifyErr(err)
 	}
@@ -873,6 +967,15 @@ func (b *Backend) setup(ctx context.Context, c *pgx.Conn) (uint32, error) {
 			return 0, classifyErr(err)
 		}
 	}
+	if !tableOK && b.cfg.migrate { // else the primitives that need it fail, naming it
+		if err := createTable(ctx, c, b.cfg.table); err != nil {
+			return 0, classifyErr(err)
+		}
+		tableOK = true
+	}
+	b.mu.Lock()
+	b.tableOK = b.tableOK || tableOK
+	b.mu.Unlock()
 	b.mu.Lock()
 	b.migrated = true
 	b.mu.Unlock()

@@ -11,6 +11,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/distlock/distlock/driver"
 )
 
 type opKind uint8
@@ -21,6 +23,7 @@ const (
 	opPing                 // liveness check
 	opProbe                // is id held by another session? (read-only)
 	opCancel               // pg_cancel_backend(id): end a wait in the server's queue
+	opSQL                  // op.sql: a statement of the primitives
 )
 
 // op is one request to a holder session. Its results are set, and done
@@ -32,12 +35,19 @@ type op struct {
 	ttl  time.Duration // opLock
 	done chan struct{} // nil: nobody waits (the session goroutine runs it)
 	s    *session
+	// sql and args replace the statement of an opLock or opSQL (the
+	// primitives); with aux it returns a third bigint column, into aux.
+	sql     string
+	args    []any
+	withAux bool
 
 	finished  bool
 	abandoned bool // the caller stopped waiting
 	ok        bool
 	fence     uint64
 	waiters   int // opProbe
+	val, aux  int64
+	at        time.Time // opLock: when the grant was seen, the TTL's start
 	err       error
 }
 
@@ -373,7 +383,7 @@ var errPIDChanged = errors.New("postgres: the server backend PID changed within 
 func (s *session) exec(ops []*op) {
 	if s.conn == nil {
 		if err := s.connect(); err != nil {
-			s.complete(ops, nil, err)
+			s.complete(ops, nil, nil, err)
 			return
 		}
 	}
@@ -390,12 +400,19 @@ func (s *session) exec(ops []*op) {
 		}
 	}()
 	vals := make([]int64, len(ops))
+	auxs := make([]int64, len(ops))
+	dest := func(i int, pid *int32) []any {
+		if ops[i].withAux {
+			return []any{&vals[i], pid, &auxs[i]}
+		}
+		return []any{&vals[i], pid}
+	}
 	var err error
 	if len(ops) == 1 {
 		// One request: a plain query is cheaper than a pipeline.
 		sql, args := s.statement(ops[0])
 		var pid int32
-		err = s.conn.QueryRow(ctx, sql, args...).Scan(&vals[0], &pid)
+		err = s.conn.QueryRow(ctx, sql, args...).Scan(dest(0, &pid)...)
 		if err == nil && uint32(pid) != s.pid {
 			err = errPIDChanged
 		}
@@ -408,7 +425,7 @@ func (s *session) exec(ops []*op) {
 		br := s.conn.SendBatch(ctx, batch)
 		for i := range ops {
 			var pid int32
-			if err = br.QueryRow().Scan(&vals[i], &pid); err != nil {
+			if err = br.QueryRow().Scan(dest(i, &pid)...); err != nil {
 				break
 			}
 			if uint32(pid) != s.pid {
@@ -427,21 +444,28 @@ func (s *session) exec(ops []*op) {
 		s.lostConn()
 		err = classifyErr(err)
 	}
-	s.complete(ops, vals, err)
+	s.complete(ops, vals, auxs, err)
 }
 
 // statement returns the SQL of o. Every statement returns a bigint and the
 // server backend PID, which must stay the session's.
 func (s *session) statement(o *op) (string, []any) {
+	if o.sql != "" {
+		return o.sql, o.args
+	}
 	switch o.kind {
 	case opLock:
 		return s.b.lockSQL, []any{o.id}
 	case opUnlock:
-		if s.dedicated { // its only lock: undo what AcquireWait set up, too
-			return "SELECT CASE WHEN set_config('idle_session_timeout', NULL, false) IS NULL THEN 0" +
-				" ELSE pg_advisory_unlock($1)::int END::int8, pg_backend_pid()", []any{o.id}
+		with, expr, args := "", "pg_advisory_unlock($1)::int", []any{o.id}
+		if o.h != nil && o.h.kind != 0 {
+			with, expr, args = s.b.unlockMode(o.h)
 		}
-		return "SELECT pg_advisory_unlock($1)::int::int8, pg_backend_pid()", []any{o.id}
+		if s.dedicated { // its only lock: undo what AcquireWait set up, too
+			return with + "SELECT CASE WHEN set_config('idle_session_timeout', NULL, false) IS NULL THEN 0" +
+				" ELSE " + expr + " END::int8, pg_backend_pid()", args
+		}
+		return with + "SELECT " + expr + "::int8, pg_backend_pid()", args
 	case opProbe:
 		return probeSQL, probeArgs(o.id)
 	case opCancel:
@@ -451,13 +475,14 @@ func (s *session) statement(o *op) (string, []any) {
 }
 
 // complete records results (or err) for ops.
-func (s *session) complete(ops []*op, vals []int64, err error) {
+func (s *session) complete(ops []*op, vals, auxs []int64, err error) {
 	s.b.mu.Lock()
 	defer s.b.mu.Unlock()
 	for i, o := range ops {
 		var v int64
 		if vals != nil {
 			v = vals[i]
+			o.aux = auxs[i]
 		}
 		s.b.finishLocked(s, o, v, err)
 	}
@@ -467,26 +492,32 @@ func (s *session) complete(ops []*op, vals []int64, err error) {
 func (b *Backend) finishLocked(s *session, o *op, v int64, err error) {
 	o.finished = true
 	o.err = err
+	o.val = v
 	switch o.kind {
 	case opLock:
 		h := o.h
+		if h.kind == driver.Permit && v > 0 {
+			h.id = o.aux // the slot taken
+		}
 		switch {
 		case err != nil || v <= 0:
 			b.dropLocked(h, false)
-		case o.abandoned || b.closed || h.gone || b.locks[h.key] != h:
+		case o.abandoned || b.closed || h.gone || !b.currentLocked(h):
 			// Nobody wants this grant any more: undo it.
 			b.dropLocked(h, false)
-			s.enqueueLocked(&op{kind: opUnlock, id: o.id})
+			s.enqueueLocked(&op{kind: opUnlock, id: o.id, h: h})
 		default:
 			h.pending = false
+			h.pid = s.pid
 			h.fence = uint64(v)
-			h.expiry = time.Now().Add(o.ttl)
+			o.at = time.Now()
+			h.expiry = o.at.Add(o.ttl)
 			h.timer = time.AfterFunc(o.ttl, func() { b.onExpiry(h) })
 			s.held[h] = struct{}{}
 			o.ok, o.fence = true, h.fence
 		}
-	case opUnlock:
-		o.ok = v > 0
+	case opUnlock, opSQL:
+		o.ok = err == nil && v > 0
 	case opPing:
 		o.ok = err == nil
 	case opProbe:

@@ -18,10 +18,25 @@ import (
 // waitSQL takes the advisory lock $1, waiting in the server's queue, then
 // draws the fence and sets the idle bound $2 (in ms) on the session. The
 // MATERIALIZED CTE runs the lock before anything else of the statement.
-func waitSQL(seq string) string {
-	return "WITH l AS MATERIALIZED (SELECT pg_advisory_lock($1)) SELECT nextval('" +
-		strings.ReplaceAll(quoteIdent(seq), "'", "''") + "'), pg_backend_pid(), pg_is_in_recovery()," +
-		" set_config('idle_session_timeout', $2, false) FROM l"
+func waitSQL(seq string) string { return waitModeSQL(seq, "pg_advisory_lock", false, "") }
+
+// waitModeSQL is waitSQL with lock, a blocking advisory lock function,
+// notify (announce the grant of $1, see WatchMode) and after, CTEs (each
+// starting with a comma) that run once the lock is granted: they read the
+// fence and pid from f.
+func waitModeSQL(seq, lock string, notify bool, after string) string {
+	n := ""
+	if notify {
+		n = " + " + notifyIf("true", "$1")
+	}
+	return "WITH l AS MATERIALIZED (SELECT " + lock + "($1)), f AS MATERIALIZED (SELECT nextval(" + seqLit(seq) +
+		")" + n + " AS fence, pg_backend_pid() AS pid, pg_is_in_recovery() AS rec," +
+		" set_config('idle_session_timeout', $2, false) AS idle FROM l)" + after + " SELECT fence, pid, rec, idle FROM f"
+}
+
+// seqLit is the sequence's name as a string literal.
+func seqLit(seq string) string {
+	return "'" + strings.ReplaceAll(quoteIdent(seq), "'", "''") + "'"
 }
 
 // cancelTimeout bounds one cancel; cancelTries is how many are sent
@@ -56,10 +71,31 @@ func (b *Backend) AcquireWait(ctx context.Context, key, token string, ttl time.D
 			return g, err
 		}
 		b.mu.Lock() // lost meanwhile: queue
-		if b.closed {
-			b.mu.Unlock()
-			return driver.Grant{}, distlock.Unavailable(errClosed)
-		}
+	}
+	b.mu.Unlock()
+	id := b.lockID(key)
+	h := &held{key: key, id: id, token: token}
+	return b.waitFor(ctx, h, ttl, b.waitSQL, nil, func() {
+		b.forgetDeadLocked(key)
+		// An entry still here is a try-once Acquire of this Backend whose
+		// attempt is failing, or a lock whose lost session is not noticed
+		// yet: the server just granted the key to this connection, so
+		// neither holds it. Both drop their entry only if it is still
+		// theirs.
+		b.locks[key], b.ids[id] = h, h
+	})
+}
+
+// waitFor waits in the server's queue for h (key, id, token and, for a
+// primitive, its kind set) with the statement sql (see waitModeSQL; args
+// follow its $1 and $2), on a connection of the pool that becomes h's
+// session; install records h in the Backend's maps (called with b.mu
+// held).
+func (b *Backend) waitFor(ctx context.Context, h *held, ttl time.Duration, sql string, args []any, install func()) (driver.Grant, error) {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return driver.Grant{}, distlock.Unavailable(errClosed)
 	}
 	b.wg.Add(1)
 	b.mu.Unlock()
@@ -91,8 +127,9 @@ func (b *Backend) AcquireWait(ctx context.Context, key, token string, ttl time.D
 			return driver.Grant{}, ended(err)
 		}
 	}
-	id := b.lockID(key)
-	fence, pid, cancelled, reusable, err := b.queue(wctx, c, id)
+	id := h.id
+	args = append([]any{id, strconv.FormatInt(b.cfg.idleTimeout.Milliseconds(), 10)}, args...)
+	fence, pid, cancelled, reusable, err := b.queue(wctx, c, id, sql, args)
 	if err != nil {
 		if reusable && migrated {
 			c.Release()
@@ -114,14 +151,10 @@ func (b *Backend) AcquireWait(ctx context.Context, key, token string, ttl time.D
 		undo(c, id)
 		return driver.Grant{}, ended(errClosed)
 	}
-	b.forgetDeadLocked(key)
-	h := &held{key: key, id: id, token: token, s: s, fence: fence, expiry: s.lastUse.Add(ttl)}
+	at := s.lastUse // the session's goroutine may change it once started
+	h.s, h.fence, h.expiry, h.pid = s, fence, at.Add(ttl), pid
 	h.timer = time.AfterFunc(ttl, func() { b.onExpiry(h) })
-	// An entry still here is a try-once Acquire of this Backend whose
-	// attempt is failing, or a lock whose lost session is not noticed yet:
-	// the server just granted the key to this connection, so neither
-	// holds it. Both drop their entry only if it is still theirs.
-	b.locks[key], b.ids[id] = h, h
+	install()
 	s.held[h] = struct{}{}
 	b.extra[s] = struct{}{}
 	s.idleSent = true
@@ -137,7 +170,7 @@ func (b *Backend) AcquireWait(ctx context.Context, key, token string, ttl time.D
 	b.mu.Unlock()
 	// The TTL counts from the moment the grant was seen, here as in the
 	// Backend's own expiry timer.
-	return driver.Grant{TTL: ttl, Fence: fence, At: s.lastUse}, nil
+	return driver.Grant{TTL: ttl, Fence: fence, At: at}, nil
 }
 
 // queue runs the waiting statement on c without a context (pgx would
@@ -146,7 +179,7 @@ func (b *Backend) AcquireWait(ctx context.Context, key, token string, ttl time.D
 // be reached the connection is broken. sent tells whether a cancel
 // was sent: the connection must not be reused then, as a cancel request
 // can arrive late and cancel a later statement.
-func (b *Backend) queue(ctx context.Context, c *pgxpool.Conn, id int64) (fence uint64, pid uint32, sent, reusable bool, err error) {
+func (b *Backend) queue(ctx context.Context, c *pgxpool.Conn, id int64, sql string, args []any) (fence uint64, pid uint32, sent, reusable bool, err error) {
 	pc := c.Conn().PgConn()
 	finished := make(chan struct{})
 	cancelled := make(chan struct{}) // closed when the cancelling is over
@@ -181,8 +214,7 @@ func (b *Backend) queue(ctx context.Context, c *pgxpool.Conn, id int64) (fence u
 		inRecovery bool
 		idle       string
 	)
-	err = c.QueryRow(context.Background(), b.waitSQL, id,
-		strconv.FormatInt(b.cfg.idleTimeout.Milliseconds(), 10)).Scan(&v, &p, &inRecovery, &idle)
+	err = c.QueryRow(context.Background(), sql, args...).Scan(&v, &p, &inRecovery, &idle)
 	close(finished)
 	if sent = !stop(); sent {
 		<-cancelled
