@@ -374,10 +374,12 @@ func (m *Manager) waitMode(ctx context.Context, key, token string, ttl time.Dura
 			}
 			stop := context.AfterFunc(m.closeCtx, cancel)
 			g, err = waiter.AcquireModeWait(wctx, key, token, ttl, mode)
-			ended := wctx.Err() != nil // before cancel, which ends it
+			werr := wctx.Err() // before cancel, which ends it
 			stop()
 			cancel()
-			if err != nil && ctx.Err() == nil && ended && classify(err) == ErrNotAcquired {
+			// The budget (or Close) ended the wait: not a failure of the
+			// server, and no other refusal (a limit mismatch) either.
+			if err != nil && ctx.Err() == nil && werr != nil && (errors.Is(err, werr) || classify(err) == ErrNotAcquired) {
 				if m.closed.Load() {
 					return fail(ErrClosed, nil)
 				}
