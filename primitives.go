@@ -325,8 +325,8 @@ func (m *Manager) waitMode(ctx context.Context, key, token string, ttl time.Dura
 	budget, bounded := waitBudget(retry)
 	if _, ok := retry.NextBackoff(1, 0); !ok {
 		waiter = nil // a single try
-	} else if mode.Kind == driver.Write {
-		mode.Waiting = true
+	} else if waiter == nil && mode.Kind == driver.Write {
+		mode.Waiting = true // a refused try holds new readers off until we give up
 	}
 	var (
 		wake  chan struct{}
