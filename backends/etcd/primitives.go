@@ -105,8 +105,10 @@ func modeTurn(sp, entry string, m driver.Mode) turn {
 	return turn{gkey: entry, before: []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend)},
 		next: func(kvs []*mvccpb.KeyValue) (string, bool) {
 			switch {
+			case m.Kind == driver.Permit && len(kvs) < m.Limit:
+				return "", false
 			case m.Kind == driver.Permit:
-				return sp, len(kvs) >= m.Limit
+				return sp, true
 			case m.Kind != driver.Read && len(kvs) > 0:
 				return string(kvs[len(kvs)-1].Key), false
 			}
@@ -298,7 +300,7 @@ func (b *Backend) ExtendMode(ctx context.Context, key, token string, ttl time.Du
 
 // ReleaseMode implements driver.Primitives with one transaction that
 // deletes token's entry if it is of m's kind (its value starts with the
-// kind's letter). An entry that was still waiting (a waiting writer) is
+// kind's letter: it is above that letter alone and below the next). An entry that was still waiting (a waiting writer) is
 // deleted too, with ErrNotHeld. The lease, keyless now, is kept for the
 // next grant when it is ours.
 func (b *Backend) ReleaseMode(ctx context.Context, key, token string, m driver.Mode) error {
@@ -309,7 +311,7 @@ func (b *Backend) ReleaseMode(ctx context.Context, key, token string, m driver.M
 	ctx, cancel := b.reqCtx(ctx)
 	defer cancel()
 	entry, c := sp+token, kindLetter[m.Kind]
-	resp, err := b.cli.Txn(ctx).If(clientv3.Compare(clientv3.Value(entry), ">=", string(c)), clientv3.Compare(clientv3.Value(entry), "<", string(c+1))).
+	resp, err := b.cli.Txn(ctx).If(clientv3.Compare(clientv3.Value(entry), ">", string(c)), clientv3.Compare(clientv3.Value(entry), "<", string(c+1))).
 		Then(allOf(sp), clientv3.OpDelete(entry)).Commit()
 	if err != nil {
 		return b.unavailable("txn", err)
