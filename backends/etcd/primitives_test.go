@@ -335,3 +335,74 @@ func TestElection(t *testing.T) {
 		t.Fatalf("inspect new leader: %+v %v", info, err)
 	}
 }
+
+// Many waiters in several backends: a writer is alone, readers never meet
+// a writer, at most limit permits are held, and fences increase with each
+// exclusive grant.
+func TestModeWaitContended(t *testing.T) {
+	srv := distlocktest.StartEtcd(t)
+	cli := newClient(t, srv.Endpoints)
+	var bs []*etcd.Backend
+	for range 3 {
+		b, _ := countingBackend(t, srv.Endpoints)
+		bs = append(bs, b)
+	}
+	ctx := ctxT(t, 60*time.Second)
+	type state struct {
+		readers, writers, permits atomic.Int64
+		lastFence               atomic.Uint64
+	}
+	var st state
+	errc := make(chan error, 24)
+	for i := range 12 {
+		go func() {
+			b, tok := bs[i%3], "tok"+string(rune('a'+i))
+			m := []driver.Mode{rd, wr, rd, sem2}[i%4]
+			for range 5 {
+				g, err := b.AcquireModeWait(ctx, "c", tok, 5*time.Second, m)
+				if err != nil {
+					errc <- err
+					return
+				}
+				var bad bool
+				switch m.Kind {
+				case driver.Read:
+					bad = st.readers.Add(1) < 1 || st.writers.Load() != 0
+				case driver.Write:
+					bad = st.writers.Add(1) != 1 || st.readers.Load() != 0
+					if f := st.lastFence.Swap(g.Fence); f >= g.Fence {
+						errc <- errors.New("writer fence did not increase")
+						return
+					}
+				case driver.Permit:
+					bad = st.permits.Add(1) > 2
+				}
+				if bad {
+					errc <- errors.New(m.Kind.String() + ": exclusion broken")
+					return
+				}
+				switch m.Kind {
+				case driver.Read:
+					st.readers.Add(-1)
+				case driver.Write:
+					st.writers.Add(-1)
+				case driver.Permit:
+					st.permits.Add(-1)
+				}
+				if err := b.ReleaseMode(ctx, "c", tok, m); err != nil {
+					errc <- err
+					return
+				}
+			}
+			errc <- nil
+		}()
+	}
+	for range 12 {
+		if err := recv(t, errc, "a worker"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := entries(t, cli, "c", driver.Read) + entries(t, cli, "c", driver.Permit); n != 0 {
+		t.Fatalf("%d entries left", n)
+	}
+}
