@@ -297,16 +297,9 @@ func (b *Backend) acquire(ctx context.Context, key, token string, ttl time.Durat
 		return g, err
 	}
 	for try := 0; ; try++ {
-		l, spare, err := b.lease(rctx, secs)
+		l, refreshed, err := b.leaseFor(rctx, secs)
 		if err != nil {
 			return driver.Grant{}, err
-		}
-		var refreshed chan keepAlive
-		if spare {
-			// The spare lease was last refreshed before this call began:
-			// refresh it, alongside the transaction, so that the lock
-			// lives ttl from after the call began, as the Manager assumes.
-			refreshed = b.renewAsync(rctx, l.id)
 		}
 		entry := b.newEntry(q)
 		val := lockValue(token, 0)
@@ -320,7 +313,7 @@ func (b *Backend) acquire(ctx context.Context, key, token string, ttl time.Durat
 		}
 		resp, err := txn.Commit()
 		if err != nil {
-			if spare && try == 0 && errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			if refreshed != nil && try == 0 && errors.Is(err, rpctypes.ErrLeaseNotFound) {
 				continue // the spare lease is gone after all: grant a new one
 			}
 			// The put may land, now or later, for a call that has ended.
@@ -330,13 +323,8 @@ func (b *Backend) acquire(ctx context.Context, key, token string, ttl time.Durat
 		rev := resp.Header.Revision
 		kvs := resp.Responses[0].GetResponseRange().GetKvs() // the first entry, unless ours is
 		if len(kvs) == 0 {
-			if refreshed != nil {
-				r := <-refreshed
-				if r.err != nil {
-					b.abandon(l)
-					return driver.Grant{}, b.fail(ctx, "lease keep-alive", r.err)
-				}
-				l.ttl, l.fresh = r.ttl, r.at
+			if err := b.awaitRefresh(ctx, refreshed, &l); err != nil {
+				return driver.Grant{}, err
 			}
 			b.granted(q, &grant{token: token, entry: entry, value: val, createRev: rev, fence: rev, rev: rev,
 				lease: l.id, secs: secs, ttl: l.ttl, fresh: l.fresh}, 0)
@@ -551,6 +539,34 @@ func (b *Backend) lease(ctx context.Context, secs int64) (spareLease, bool, erro
 		return spareLease{}, false, b.unavailable("lease grant", err)
 	}
 	return spareLease{id: resp.ID, ttl: resp.TTL, fresh: t}, false, nil
+}
+
+// leaseFor returns a lease for a new grant of secs seconds, as lease
+// does. A spare lease was last refreshed before this call began: it is
+// refreshed in the background, alongside the transaction (refreshed is
+// not nil: see awaitRefresh), so that the grant lives ttl from after the
+// call began, as the Manager assumes.
+func (b *Backend) leaseFor(ctx context.Context, secs int64) (l spareLease, refreshed chan keepAlive, err error) {
+	l, spare, err := b.lease(ctx, secs)
+	if spare {
+		refreshed = b.renewAsync(ctx, l.id)
+	}
+	return l, refreshed, err
+}
+
+// awaitRefresh takes the refresh of l that leaseFor sent, if any; if it
+// failed, l is abandoned.
+func (b *Backend) awaitRefresh(ctx context.Context, refreshed chan keepAlive, l *spareLease) error {
+	if refreshed == nil {
+		return nil
+	}
+	r := <-refreshed
+	if r.err != nil {
+		b.abandon(*l)
+		return b.fail(ctx, "lease keep-alive", r.err)
+	}
+	l.ttl, l.fresh = r.ttl, r.at
+	return nil
 }
 
 // takeSpare returns a spare lease of secs seconds that has at least half

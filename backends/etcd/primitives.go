@@ -10,6 +10,7 @@ import (
 	"github.com/distlock/distlock"
 	"github.com/distlock/distlock/driver"
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -188,21 +189,23 @@ func (b *Backend) acquireMode(ctx context.Context, key, token string, ttl time.D
 	}
 	rctx, cancel := b.reqCtx(ctx)
 	defer cancel()
-	l, spare, err := b.lease(rctx, secs)
+	l, refreshed, err := b.leaseFor(rctx, secs)
 	if err != nil {
 		return driver.Grant{}, err
 	}
-	var refreshed chan keepAlive
-	if spare { // refresh it, so that the grant lives ttl from after the call began
-		refreshed = b.renewAsync(rctx, l.id)
-	}
-	put := clientv3.OpPut(entry, modeValue{kind: m.Kind, limit: m.Limit, value: m.Value}.String(), clientv3.WithLease(l.id))
+	val := modeValue{kind: m.Kind, limit: m.Limit, value: m.Value}.String()
 	for try, rev := 0, int64(0); ; try++ {
 		cmp := clientv3.Compare(clientv3.CreateRevision(sp), "<", rev+1).WithPrefix() // nothing new since rev
 		if wait {
 			cmp = clientv3.Compare(clientv3.CreateRevision(entry), "=", 0)
 		}
-		resp, err := b.cli.Txn(rctx).If(cmp).Then(put, allOf(sp)).Else(allOf(sp)).Commit()
+		resp, err := b.cli.Txn(rctx).If(cmp).Then(clientv3.OpPut(entry, val, clientv3.WithLease(l.id)), allOf(sp)).Else(allOf(sp)).Commit()
+		if refreshed != nil && try == 0 && errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			if l, refreshed, err = b.leaseFor(rctx, secs); err != nil { // the spare lease is gone after all
+				return driver.Grant{}, err
+			}
+			continue
+		}
 		if err != nil {
 			b.abandon(l) // the put may land, now or later, for a call that has ended
 			return driver.Grant{}, b.fail(ctx, "txn", err)
@@ -241,13 +244,8 @@ func (b *Backend) acquireMode(ctx context.Context, key, token string, ttl time.D
 			}
 			return g, err
 		}
-		if refreshed != nil {
-			if r := <-refreshed; r.err != nil {
-				b.abandon(l)
-				return driver.Grant{}, b.fail(ctx, "lease keep-alive", r.err)
-			} else {
-				l.ttl, l.fresh = r.ttl, r.at
-			}
+		if err := b.awaitRefresh(ctx, refreshed, &l); err != nil {
+			return driver.Grant{}, err
 		}
 		b.granted(entry, &grant{token: token, entry: entry, value: string(own.Value), createRev: own.CreateRevision, fence: own.ModRevision,
 			rev: resp.Header.Revision, lease: l.id, secs: secs, ttl: l.ttl, fresh: l.fresh}, 0)

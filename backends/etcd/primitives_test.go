@@ -350,7 +350,7 @@ func TestModeWaitContended(t *testing.T) {
 	ctx := ctxT(t, 60*time.Second)
 	type state struct {
 		readers, writers, permits atomic.Int64
-		lastFence               atomic.Uint64
+		lastFence                 atomic.Uint64
 	}
 	var st state
 	errc := make(chan error, 24)
@@ -404,5 +404,24 @@ func TestModeWaitContended(t *testing.T) {
 	}
 	if n := entries(t, cli, "c", driver.Read) + entries(t, cli, "c", driver.Permit); n != 0 {
 		t.Fatalf("%d entries left", n)
+	}
+}
+
+// A watch ends with Close; stop after Close returns, and WatchMode after
+// Close is ErrClosed.
+func TestWatchModeClose(t *testing.T) {
+	srv := distlocktest.StartEtcd(t)
+	b, _ := countingBackend(t, srv.Endpoints)
+	ctx := ctxT(t, 10*time.Second)
+	stop, err := b.WatchMode(ctx, "w", sem2, func() {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	stop()
+	if _, err := b.WatchMode(ctx, "w", sem2, func() {}); !errors.Is(err, distlock.ErrClosed) {
+		t.Fatalf("after Close: %v", err)
 	}
 }
