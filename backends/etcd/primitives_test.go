@@ -425,3 +425,43 @@ func TestWatchModeClose(t *testing.T) {
 		t.Fatalf("after Close: %v", err)
 	}
 }
+
+// A watch outlives a restart of the server: it starts again and sees the
+// changes made after.
+func TestWatchModeRestart(t *testing.T) {
+	srv := distlocktest.StartEtcd(t)
+	if srv.Cluster == nil {
+		t.Skip("an external server cannot be restarted")
+	}
+	b, _ := countingBackend(t, srv.Endpoints)
+	ctx := ctxT(t, 40*time.Second)
+	var changes atomic.Int64
+	stop, err := b.WatchMode(ctx, "r", elect, func() { changes.Add(1) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	if err := srv.Cluster.StopMember(0); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Cluster.StartMember(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	o, _ := countingBackend(t, srv.Endpoints)
+	testwait.For(t, 20*time.Second, "a grant after the restart", func() bool {
+		_, err := o.AcquireMode(ctx, "r", "l", 5*time.Second, elect)
+		return err == nil
+	})
+	for range 3 { // a late call for the break itself could pass one round, not three
+		seen := changes.Load()
+		if err := o.ReleaseMode(ctx, "r", "l", elect); err != nil {
+			t.Fatal(err)
+		}
+		testwait.For(t, 20*time.Second, "the release seen by the watch", func() bool { return changes.Load() > seen })
+		seen = changes.Load()
+		if _, err := o.AcquireMode(ctx, "r", "l", 5*time.Second, elect); err != nil {
+			t.Fatal(err)
+		}
+		testwait.For(t, 20*time.Second, "the grant seen by the watch", func() bool { return changes.Load() > seen })
+	}
+}
