@@ -113,7 +113,7 @@ func ExampleRequire() {
 	defer lm.Close()
 	fmt.Printf("%+v\n", lm.Capabilities())
 	// Output:
-	// {Name:memory Fencing:true CrossInstanceRelease:true MinTTL:1ms Granularity:0s}
+	// {Name:memory Fencing:true CrossInstanceRelease:true MinTTL:1ms Granularity:0s ReadWrite:true Semaphore:true Election:true}
 }
 
 func ExampleManager_Inspect() {

@@ -29,7 +29,8 @@ type Lock struct {
 	ended     bool  // guarded by mu (kept here, where it packs)
 	at        int64 // the next event, in ns since the scheduler's epoch
 
-	minHold *minHold // WithMinHold; nil without
+	minHold *minHold     // WithMinHold; nil without
+	mode    *driver.Mode // the primitive held (primitives.go); nil for a plain lock
 
 	mu      sync.Mutex
 	ttl     time.Duration
@@ -91,7 +92,7 @@ func (l *Lock) Err() error {
 // Extend resets the lock's TTL to ttl. If the lock turns out not to be held
 // any more it returns ErrNotHeld and the handle reports the loss.
 func (l *Lock) Extend(ctx context.Context, ttl time.Duration) error {
-	g, t0, err := l.m.extend(ctx, "extend", l.key, l.token, ttl)
+	g, t0, err := l.m.extend(ctx, "extend", l.key, l.token, ttl, l.mode)
 	if err != nil {
 		if errors.Is(err, ErrNotHeld) {
 			l.finish(&Error{Op: "extend", Key: l.key, Kind: ErrLockLost, Err: err})
@@ -112,7 +113,12 @@ func (l *Lock) Release(ctx context.Context) error {
 	if kept, err := l.keep(ctx); kept {
 		return err
 	}
-	err := l.m.Release(ctx, l.key, l.token)
+	var err error
+	if l.mode == nil {
+		err = l.m.Release(ctx, l.key, l.token)
+	} else if err = l.m.precheck(ctx, "release", l.key, l.token); err == nil {
+		err = l.m.wrap(ctx, "release", l.key, l.m.prims.ReleaseMode(ctx, l.key, l.token, *l.mode))
+	}
 	switch {
 	case err == nil:
 		l.finish(nil)
@@ -141,7 +147,13 @@ func (m *Manager) Lock(ctx context.Context, key string, ttl time.Duration, opts 
 	if err != nil {
 		return nil, err
 	}
-	l := &Lock{m: m, key: key, token: token, fence: g.Fence, ttl: g.TTL, expiry: t0.Add(grantValid(g)), idx: -1}
+	return m.newHandle(key, token, g, t0, cfg, nil)
+}
+
+// newHandle makes the handle of a grant started at t0 and hands it to the
+// scheduler: the end of Lock and of the primitives' calls.
+func (m *Manager) newHandle(key, token string, g driver.Grant, t0 time.Time, cfg lockConfig, mode *driver.Mode) (*Lock, error) {
+	l := &Lock{m: m, key: key, token: token, fence: g.Fence, ttl: g.TTL, expiry: t0.Add(grantValid(g)), idx: -1, mode: mode}
 	if cfg.minHold > 0 {
 		l.minHold = &minHold{until: t0.Add(cfg.minHold)}
 	}
@@ -155,7 +167,7 @@ func (m *Manager) Lock(ctx context.Context, key string, ttl time.Duration, opts 
 	if m.closed.Load() { // Close ran while we acquired: leave nothing behind
 		return nil, &Error{Op: "acquire", Key: key, Kind: ErrClosed}
 	}
-	if m.watcher != nil {
+	if m.watcher != nil && mode == nil {
 		// A loss reported at once waits for unwatch; finish waits for
 		// m.mu, so it takes l out of the scheduler after add.
 		l.mu.Lock()

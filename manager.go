@@ -23,6 +23,7 @@ type Manager struct {
 	watcher    driver.LossWatcher
 	transferer driver.Transferer
 	queuer     driver.Queuer
+	prims      driver.Primitives // nil unless the backend offers primitives
 	cfg        managerConfig
 	obs        *observer // logs, metrics, traces: observe.go
 	unmet      error     // why the backend fails Require, if it does
@@ -62,6 +63,7 @@ func New(b driver.Backend, opts ...Option) *Manager {
 	m.watcher, _ = b.(driver.LossWatcher)
 	m.transferer, _ = b.(driver.Transferer)
 	m.queuer, _ = b.(driver.Queuer)
+	m.prims, _ = b.(driver.Primitives)
 	for _, o := range opts {
 		if o != nil {
 			o(&m.cfg)
@@ -191,23 +193,16 @@ func (m *Manager) acquire(ctx context.Context, key string, ttl time.Duration, to
 				// Even a "taken" answer may hide a grant: go-redsync's
 				// round can fail for the ctx while some of its requests
 				// land on a quorum of Redlock masters.
-				m.dropAbandoned(ctx, key, token)
+				m.dropAbandoned(ctx, key, token, nil)
 			}
 		}
 		if cerr := ctx.Err(); cerr != nil {
 			return ctxEnded(err, kind, cerr)
 		}
-		if kind != ErrNotAcquired && kind != ErrUnavailable {
-			return fail(kind, cause(err, kind))
+		d, gk, gc := afterFailure(retry, attempt, start, err, kind)
+		if gk != nil {
+			return fail(gk, gc)
 		}
-		d, ok := retry.NextBackoff(attempt, time.Since(start))
-		if !ok {
-			if kind == ErrNotAcquired {
-				return fail(kind, gaveUp(attempt, time.Since(start), cause(err, kind)))
-			}
-			return fail(kind, cause(err, kind))
-		}
-		d = max(d, MinRetryDelay)
 		if kind == ErrNotAcquired && w == nil {
 			w = m.enqueue(key, token, ttl)
 		}
@@ -235,6 +230,23 @@ func (m *Manager) acquire(ctx context.Context, key string, ttl time.Duration, to
 	}
 }
 
+// afterFailure decides what follows a failed attempt (err, classified as
+// kind) of a wait that began at start: the delay before the next attempt,
+// or the kind and cause the call gives up with.
+func afterFailure(retry RetryStrategy, attempt int, start time.Time, err, kind error) (time.Duration, error, error) {
+	if kind != ErrNotAcquired && kind != ErrUnavailable {
+		return 0, kind, cause(err, kind)
+	}
+	d, ok := retry.NextBackoff(attempt, time.Since(start))
+	switch {
+	case ok:
+		return max(d, MinRetryDelay), nil, nil
+	case kind == ErrNotAcquired:
+		return 0, kind, gaveUp(attempt, time.Since(start), cause(err, kind))
+	}
+	return 0, kind, cause(err, kind)
+}
+
 // abandonTimeout bounds the release of a grant that an Acquire cut off by
 // its context may have left behind.
 const abandonTimeout = 2 * time.Second
@@ -246,8 +258,9 @@ const abandonRecheck = 250 * time.Millisecond
 // Acquire that tried it ended with its context while the request was in
 // flight, so the server may have granted it after all, to a token nobody
 // will ever use. Only generated tokens are dropped: an explicit token may
-// be its holder's re-acquire. Close waits for it.
-func (m *Manager) dropAbandoned(ctx context.Context, key, token string) {
+// be its holder's re-acquire. mode is the primitive's, nil for a plain
+// lock. Close waits for it.
+func (m *Manager) dropAbandoned(ctx context.Context, key, token string, mode *driver.Mode) {
 	m.mu.Lock()
 	if m.closed.Load() {
 		m.mu.Unlock()
@@ -259,7 +272,7 @@ func (m *Manager) dropAbandoned(ctx context.Context, key, token string) {
 		defer m.wg.Done()
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), abandonTimeout)
 		defer cancel()
-		_ = m.release(rctx, key, token)
+		_ = m.releaseAny(rctx, key, token, mode)
 		// A request of the cut-off attempt may still be in flight on
 		// another connection (go-redsync sends one per Redlock master)
 		// and land after that release: release once more, later. The
@@ -271,8 +284,17 @@ func (m *Manager) dropAbandoned(ctx context.Context, key, token string) {
 		case <-m.closing:
 			t.Stop()
 		}
-		_ = m.release(rctx, key, token)
+		_ = m.releaseAny(rctx, key, token, mode)
 	}()
+}
+
+// releaseAny releases token's hold of key: a plain lock (mode nil) or a
+// primitive's.
+func (m *Manager) releaseAny(ctx context.Context, key, token string, mode *driver.Mode) error {
+	if mode == nil {
+		return m.release(ctx, key, token)
+	}
+	return m.prims.ReleaseMode(ctx, key, token, *mode)
 }
 
 // Release implements LockManager.
@@ -300,11 +322,13 @@ func (m *Manager) release(ctx context.Context, key, token string) error {
 
 // Extend implements LockManager.
 func (m *Manager) Extend(ctx context.Context, key, token string, ttl time.Duration) error {
-	_, _, err := m.extend(ctx, "extend", key, token, ttl)
+	_, _, err := m.extend(ctx, "extend", key, token, ttl, nil)
 	return err
 }
 
-func (m *Manager) extend(ctx context.Context, op, key, token string, ttl time.Duration) (driver.Grant, time.Time, error) {
+// extend extends token's hold of key: a plain lock (mode nil) or a
+// primitive's.
+func (m *Manager) extend(ctx context.Context, op, key, token string, ttl time.Duration, mode *driver.Mode) (driver.Grant, time.Time, error) {
 	if err := m.precheck(ctx, op, key, token); err != nil {
 		return driver.Grant{}, time.Time{}, err
 	}
@@ -313,7 +337,12 @@ func (m *Manager) extend(ctx context.Context, op, key, token string, ttl time.Du
 		return driver.Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: ErrInvalidArgument, Err: err}
 	}
 	t0 := time.Now()
-	g, err := m.b.Extend(ctx, key, token, ttl)
+	var g driver.Grant
+	if mode == nil {
+		g, err = m.b.Extend(ctx, key, token, ttl)
+	} else {
+		g, err = m.prims.ExtendMode(ctx, key, token, ttl, *mode)
+	}
 	if err != nil {
 		return driver.Grant{}, time.Time{}, m.wrap(ctx, op, key, err)
 	}

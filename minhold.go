@@ -47,7 +47,7 @@ func (l *Lock) keep(ctx context.Context) (bool, error) {
 	if rest <= 0 {
 		return false, nil
 	}
-	g, t0, err := l.m.extend(ctx, "release", l.key, l.token, rest)
+	g, t0, err := l.m.extend(ctx, "release", l.key, l.token, rest, l.mode)
 	switch {
 	case err == nil:
 		h.kept = true
@@ -74,6 +74,6 @@ func (l *Lock) renewOnce(ctx context.Context, ttl time.Duration) (g driver.Grant
 	}
 	ctx, cancel := context.WithDeadline(ctx, l.Expiry())
 	defer cancel()
-	g, t0, err = l.m.extend(ctx, "renew", l.key, l.token, ttl)
+	g, t0, err = l.m.extend(ctx, "renew", l.key, l.token, ttl, l.mode)
 	return g, t0, false, err
 }

@@ -105,7 +105,7 @@ func (m *Manager) acquireQueued(ctx context.Context, key string, ttl time.Durati
 		}
 		if cerr := ctx.Err(); cerr != nil {
 			if !explicit {
-				m.dropAbandoned(ctx, key, token)
+				m.dropAbandoned(ctx, key, token, nil)
 			}
 			if kind == ErrNotAcquired {
 				return fail(ErrNotAcquired, waitEnded(time.Since(start), cerr))
@@ -192,7 +192,7 @@ func (m *Manager) acquireQueued(ctx context.Context, key string, ttl time.Durati
 				if !explicit {
 					// The request may have landed as ctx ended: the
 					// backend cleans up; make sure.
-					m.dropAbandoned(ctx, key, token)
+					m.dropAbandoned(ctx, key, token, nil)
 				}
 				return r1, r2, r3, r4
 			}

@@ -47,7 +47,7 @@ func (c Case) FullName() string { return c.Topic + "/" + c.Name }
 // Cases returns every case of the suite, in order.
 func Cases() []Case {
 	var all []Case
-	for _, group := range [][]Case{acquireCases, reacquireCases, releaseCases, ttlCases, waitCases, contextCases, exclusionCases, fencingCases, invalidCases, lossCases, closeCases, handoffCases, outageCases, runOnceCases, inspectCases, ownerCases, queueCases} {
+	for _, group := range [][]Case{acquireCases, reacquireCases, releaseCases, ttlCases, waitCases, contextCases, exclusionCases, fencingCases, invalidCases, lossCases, closeCases, handoffCases, outageCases, runOnceCases, inspectCases, ownerCases, queueCases, rwCases, semaphoreCases, electionCases} {
 		all = append(all, group...)
 	}
 	return all

@@ -88,6 +88,25 @@ func (h urlHarness) NewBackend(ctx context.Context) (driver.Backend, error) {
 	return distlock.OpenBackend(ctx, h.raw)
 }
 
+// modeRevokers maps a URL scheme to what takes a primitive's key away on
+// its server (ModeRevoker); the revoke_<backend>.go files fill it.
+var modeRevokers = map[string]func(rawURL string) func(ctx context.Context, key string, kind driver.Kind) error{}
+
+// RevokeMode implements ModeRevoker for the URLs of this module's
+// backends; for other schemes it returns an error matching
+// errors.ErrUnsupported, and the cases that need it skip.
+func (h urlHarness) RevokeMode(ctx context.Context, key string, kind driver.Kind) error {
+	u, err := url.Parse(h.raw)
+	if err != nil {
+		return errors.New("conformance: RevokeMode: the harness URL does not parse")
+	}
+	f := modeRevokers[strings.ToLower(u.Scheme)]
+	if f == nil {
+		return fmt.Errorf("conformance: no ModeRevoker for scheme %q: %w", u.Scheme, errors.ErrUnsupported)
+	}
+	return f(h.raw)(ctx, key, kind)
+}
+
 // RevokerFunc turns a function into a Revoker.
 type RevokerFunc func(ctx context.Context, key string) error
 

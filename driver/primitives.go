@@ -48,6 +48,10 @@ type Mode struct {
 	// holder of a key must agree on it: an acquire with a limit other than
 	// that of the key's live holders returns distlock.ErrLimitMismatch.
 	Limit int
+	// Waiting (Write only) says the caller tries again when refused: a
+	// refused AcquireMode then leaves the waiting-writer mark (see
+	// Primitives). A try-once call leaves none.
+	Waiting bool
 	// Value is what a leader publishes (Leader only; may be empty). A
 	// re-acquire by the leader publishes its new Value; ExtendMode keeps
 	// the one published.
@@ -68,7 +72,8 @@ type Mode struct {
 // its kinds) carries a fence greater than every earlier grant's.
 //
 // Fairness of read-write locks: writers are preferred. An AcquireMode in
-// Write refused because the key is held marks token as a waiting writer
+// Write with Mode.Waiting refused because the key is held marks token as
+// a waiting writer
 // until its ttl passes or ReleaseMode(key, token, Write) is called; while a
 // live mark exists, AcquireMode in Read by a token that does not hold the
 // key is refused, so a stream of readers cannot starve a writer. A backend

@@ -57,8 +57,11 @@ type Store struct {
 	fence    uint64
 	queues   map[string][]*queued // waiters in AcquireWait, first come first served
 	watchers map[string]map[*watcher]struct{}
-	down     bool
-	calls    uint64
+	// groups and modeWatchers are the primitives' (primitives.go).
+	groups       map[space]*group
+	modeWatchers map[space]map[*func()]struct{}
+	down         bool
+	calls        uint64
 }
 
 type entry struct {
@@ -83,9 +86,11 @@ type watcher struct {
 // NewStore returns an empty store.
 func NewStore() *Store {
 	return &Store{
-		locks:    map[string]*entry{},
-		queues:   map[string][]*queued{},
-		watchers: map[string]map[*watcher]struct{}{},
+		locks:        map[string]*entry{},
+		queues:       map[string][]*queued{},
+		watchers:     map[string]map[*watcher]struct{}{},
+		groups:       map[space]*group{},
+		modeWatchers: map[space]map[*func()]struct{}{},
 	}
 }
 
@@ -366,6 +371,9 @@ func (b *backend) Capabilities() driver.Capabilities {
 		Fencing:              true,
 		CrossInstanceRelease: true,
 		MinTTL:               time.Millisecond,
+		ReadWrite:            true,
+		Semaphore:            true,
+		Election:             true,
 	}
 }
 

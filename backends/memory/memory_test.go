@@ -27,6 +27,13 @@ func (h harness) Revoke(_ context.Context, key string) error {
 	return nil
 }
 
+func (h harness) RevokeMode(_ context.Context, key string, kind driver.Kind) error {
+	if !h.s.RevokeMode(key, kind) {
+		return errors.New("nothing to revoke")
+	}
+	return nil
+}
+
 func TestConformance(t *testing.T) {
 	// A 1 s short TTL leaves room for scheduling delays when CI runs the
 	// packages side by side on two cores.
