@@ -3,6 +3,7 @@ package etcd
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 	"time"
@@ -167,7 +168,8 @@ func (b *Backend) AcquireMode(ctx context.Context, key, token string, ttl time.D
 // (as AcquireWait does for plain locks), keeping its lease alive. The
 // grant then writes the entry once, so that its fence is above every
 // earlier grant's. When ctx ends, the entry's lease is revoked: nothing
-// is left behind.
+// is left behind, and the error matches both ctx.Err() and, if the entry
+// was waiting, distlock.ErrNotAcquired.
 func (b *Backend) AcquireModeWait(ctx context.Context, key, token string, ttl time.Duration, m driver.Mode) (driver.Grant, error) {
 	return b.acquireMode(ctx, key, token, ttl, m, true)
 }
@@ -241,6 +243,9 @@ func (b *Backend) acquireMode(ctx context.Context, key, token string, ttl time.D
 			g, err := b.queued(ctx, sp, entry, own.CreateRevision, pred, prefix, token, l, secs, t)
 			if err != nil {
 				b.abandon(l)
+			}
+			if c := ctx.Err(); c != nil && errors.Is(err, c) { // it ended waiting behind holders
+				err = fmt.Errorf("%w: %w", distlock.ErrNotAcquired, err)
 			}
 			return g, err
 		}
