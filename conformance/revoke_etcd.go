@@ -39,3 +39,8 @@ func etcdModeRevoke(rawURL string) func(ctx context.Context, key string, kind dr
 		return err
 	}
 }
+
+func init() {
+	modeRevokers["etcd"] = etcdModeRevoke
+	modeRevokers["etcds"] = etcdModeRevoke
+}

@@ -94,17 +94,11 @@ func parseMode(kv *mvccpb.KeyValue) (v modeValue, ok bool) {
 	return v, v.kind != 0 && err1 == nil && err2 == nil
 }
 
-// kindOf returns the kind of an entry's value (0 if none).
-func kindOf(kv *mvccpb.KeyValue) driver.Kind {
-	v, _ := parseMode(kv)
-	return v.kind
-}
-
 // modeTurn is the turn of an entry in m's line (see queued): a Write or
 // Leader waits for the entry just before it, a Read for the last Write
 // before it, a Permit for any deletion while limit or more are before it.
 func modeTurn(sp, entry string, m driver.Mode) turn {
-	return turn{gkey: entry, before: []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend)},
+	return turn{gkey: entry, before: lineOpts(),
 		next: func(kvs []*mvccpb.KeyValue) (string, bool) {
 			switch {
 			case m.Kind == driver.Permit && len(kvs) < m.Limit:
@@ -115,7 +109,7 @@ func modeTurn(sp, entry string, m driver.Mode) turn {
 				return string(kvs[len(kvs)-1].Key), false
 			}
 			for i := len(kvs) - 1; i >= 0; i-- {
-				if kindOf(kvs[i]) == driver.Write {
+				if v, _ := parseMode(kvs[i]); v.kind == driver.Write {
 					return string(kvs[i].Key), false
 				}
 			}
@@ -134,9 +128,12 @@ func (b *Backend) space(key, token string, m driver.Mode) (string, error) {
 	return ModePrefix(b.prefix, key, m.Kind), nil
 }
 
-func allOf(sp string) clientv3.Op {
-	return clientv3.OpGet(sp, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend))
+// lineOpts read a line: its entries in create order.
+func lineOpts() []clientv3.OpOption {
+	return []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend)}
 }
+
+func allOf(sp string) clientv3.Op { return clientv3.OpGet(sp, lineOpts()...) }
 
 // mismatch reports whether an entry of kvs holds a semaphore with a limit
 // other than m's.
