@@ -347,7 +347,7 @@ func (b *Backend) acquire(ctx context.Context, key, token string, ttl time.Durat
 			return driver.Grant{}, distlock.ErrNotAcquired
 		}
 		kvs = resp.Responses[2].GetResponseRange().GetKvs() // ours and the one before
-		g, err := b.queued(ctx, q, entry, rev, string(kvs[len(kvs)-1].Key), false, token, l, secs, plainTurn(q))
+		g, err := b.queued(ctx, q, entry, rev, string(kvs[len(kvs)-1].Key), 0, token, l, secs, plainTurn(q))
 		if err != nil {
 			b.abandon(l)
 			return driver.Grant{}, err
@@ -358,37 +358,37 @@ func (b *Backend) acquire(ctx context.Context, key, token string, ttl time.Durat
 
 // turn says when a queue entry's turn comes: before reads the entries
 // created before it (WithMaxCreateRev is added), and next names the one
-// whose deletion it waits for, or "" when its turn has come (prefix: any
-// deletion in the queue may bring it). gkey is where b.grants records the
-// grant.
+// whose deletion it waits for, or "" when its turn has come (need > 0:
+// need deletions in the queue key may bring it). gkey is where b.grants
+// records the grant.
 type turn struct {
 	gkey   string
 	before []clientv3.OpOption
-	next   func(before []*mvccpb.KeyValue) (key string, prefix bool)
+	next   func(before []*mvccpb.KeyValue) (key string, need int)
 }
 
 // plainTurn is a plain lock's: the entry just before waits for nobody.
 func plainTurn(q string) turn {
-	return turn{gkey: q, before: clientv3.WithLastCreate(), next: func(kvs []*mvccpb.KeyValue) (string, bool) {
+	return turn{gkey: q, before: clientv3.WithLastCreate(), next: func(kvs []*mvccpb.KeyValue) (string, int) {
 		if len(kvs) == 0 {
-			return "", false
+			return "", 0
 		}
-		return string(kvs[0].Key), false
+		return string(kvs[0].Key), 0
 	}}
 }
 
-// queued waits until the turn of entry, put at revision c behind pred (all
-// of q if prefix), comes, and makes it token's grant. Its fence is the
+// queued waits until the turn of entry, put at revision c behind pred (or
+// need deletions under pred), comes, and makes it token's grant. Its fence is the
 // revision of the release that handed the lock on (it wrote to the entry:
 // see release); when the lock came free otherwise (its holder's lease
 // expired; always for primitives), the entry is written once to get a
 // revision above every earlier grant's.
-func (b *Backend) queued(ctx context.Context, q, entry string, c int64, pred string, prefix bool, token string, l spareLease, secs int64, t turn) (driver.Grant, error) {
+func (b *Backend) queued(ctx context.Context, q, entry string, c int64, pred string, need int, token string, l spareLease, secs int64, t turn) (driver.Grant, error) {
 	tick := time.NewTicker(max(time.Duration(l.ttl)*time.Second/3, 300*time.Millisecond))
 	defer tick.Stop()
 	rev := c
 	for {
-		if err := b.waitDelete(ctx, pred, prefix, rev, l.id, tick); err != nil {
+		if err := b.waitDelete(ctx, pred, need, rev, l.id, tick); err != nil {
 			return driver.Grant{}, err
 		}
 		rctx, cancel := b.reqCtx(ctx)
@@ -407,7 +407,7 @@ func (b *Backend) queued(ctx context.Context, q, entry string, c int64, pred str
 		if k.err != nil {
 			return driver.Grant{}, b.fail(ctx, "lease keep-alive", k.err)
 		}
-		if pred, prefix = t.next(resp.Responses[1].GetResponseRange().GetKvs()); pred != "" {
+		if pred, need = t.next(resp.Responses[1].GetResponseRange().GetKvs()); pred != "" {
 			rev = resp.Header.Revision
 			continue
 		}
@@ -434,16 +434,17 @@ func (b *Backend) queued(ctx context.Context, q, entry string, c int64, pred str
 	}
 }
 
-// waitDelete waits until key (a key under it if prefix) is deleted after
-// revision rev (or the watch breaks: the caller looks again), renewing
-// lease at each tick.
-func (b *Backend) waitDelete(ctx context.Context, key string, prefix bool, rev int64, lease clientv3.LeaseID, tick *time.Ticker) error {
+// waitDelete waits until key is deleted after revision rev or, if need >
+// 0, until need keys under it are (or the watch breaks: the caller looks
+// again), renewing lease at each tick.
+func (b *Backend) waitDelete(ctx context.Context, key string, need int, rev int64, lease clientv3.LeaseID, tick *time.Ticker) error {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
 	opts := []clientv3.OpOption{clientv3.WithRev(rev + 1), clientv3.WithFilterPut()}
-	if prefix {
+	if need > 0 {
 		opts = append(opts, clientv3.WithPrefix())
 	}
+	need = max(need, 1)
 	wch := b.cli.Watch(wctx, key, opts...)
 	for {
 		select {
@@ -451,7 +452,7 @@ func (b *Backend) waitDelete(ctx context.Context, key string, prefix bool, rev i
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			if !ok || wr.Err() != nil || len(wr.Events) > 0 {
+			if need -= len(wr.Events); !ok || wr.Err() != nil || need <= 0 {
 				return nil
 			}
 		case <-tick.C:

@@ -96,24 +96,25 @@ func parseMode(kv *mvccpb.KeyValue) (v modeValue, ok bool) {
 
 // modeTurn is the turn of an entry in m's line (see queued): a Write or
 // Leader waits for the entry just before it, a Read for the last Write
-// before it, a Permit for any deletion while limit or more are before it.
+// before it, a Permit behind n ≥ limit entries for n-limit+1 deletions in
+// the line (a deletion behind it wakes it early: it looks again).
 func modeTurn(sp, entry string, m driver.Mode) turn {
 	return turn{gkey: entry, before: lineOpts(),
-		next: func(kvs []*mvccpb.KeyValue) (string, bool) {
+		next: func(kvs []*mvccpb.KeyValue) (string, int) {
 			switch {
 			case m.Kind == driver.Permit && len(kvs) < m.Limit:
-				return "", false
+				return "", 0
 			case m.Kind == driver.Permit:
-				return sp, true
+				return sp, len(kvs) - m.Limit + 1
 			case m.Kind != driver.Read && len(kvs) > 0:
-				return string(kvs[len(kvs)-1].Key), false
+				return string(kvs[len(kvs)-1].Key), 0
 			}
 			for i := len(kvs) - 1; i >= 0; i-- {
 				if v, _ := parseMode(kvs[i]); v.kind == driver.Write {
-					return string(kvs[i].Key), false
+					return string(kvs[i].Key), 0
 				}
 			}
-			return "", false
+			return "", 0
 		}}
 }
 
@@ -236,8 +237,8 @@ func (b *Backend) acquireMode(ctx context.Context, key, token string, ttl time.D
 			b.abandon(l)
 			return driver.Grant{}, distlock.ErrLimitMismatch
 		}
-		if pred, prefix := t.next(before); pred != "" {
-			g, err := b.queued(ctx, sp, entry, own.CreateRevision, pred, prefix, token, l, secs, t)
+		if pred, need := t.next(before); pred != "" {
+			g, err := b.queued(ctx, sp, entry, own.CreateRevision, pred, need, token, l, secs, t)
 			if err != nil {
 				b.abandon(l)
 			}
