@@ -150,7 +150,8 @@ func mismatch(kvs []*mvccpb.KeyValue, m driver.Mode) bool {
 // AcquireMode implements driver.Primitives. One transaction puts token's
 // entry if the key space is empty, else reads its entries; if a new entry
 // would hold, a second puts it provided no entry was created since the
-// read (else it reads again, at most three times). A refused call writes
+// read — for Read, provided no Write entry exists, whatever readers come —
+// else it reads again, at most three times. A refused call writes
 // nothing: the order of waiting writers is kept by AcquireModeWait's
 // entries, so a refused Write leaves no mark. A re-acquire by a holder in
 // the same kind resets its TTL as ExtendMode does (a leader publishes its
@@ -194,12 +195,12 @@ func (b *Backend) acquireMode(ctx context.Context, key, token string, ttl time.D
 		return driver.Grant{}, err
 	}
 	val := modeValue{kind: m.Kind, limit: m.Limit, value: m.Value}.String()
-	for try, rev := 0, int64(0); ; try++ {
-		cmp := clientv3.Compare(clientv3.CreateRevision(sp), "<", rev+1).WithPrefix() // nothing new since rev
-		if wait {
-			cmp = clientv3.Compare(clientv3.CreateRevision(entry), "=", 0)
-		}
-		resp, err := b.cli.Txn(rctx).If(cmp).Then(clientv3.OpPut(entry, val, clientv3.WithLease(l.id)), allOf(sp)).Else(allOf(sp)).Commit()
+	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(sp), "=", 0).WithPrefix()} // an empty line
+	if wait {
+		cmps = []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(entry), "=", 0)}
+	}
+	for try := 0; ; try++ {
+		resp, err := b.cli.Txn(rctx).If(cmps...).Then(clientv3.OpPut(entry, val, clientv3.WithLease(l.id)), allOf(sp)).Else(allOf(sp)).Commit()
 		if refreshed != nil && try == 0 && errors.Is(err, rpctypes.ErrLeaseNotFound) {
 			if l, refreshed, err = b.leaseFor(rctx, secs); err != nil { // the spare lease is gone after all
 				return driver.Grant{}, err
@@ -228,7 +229,10 @@ func (b *Backend) acquireMode(ctx context.Context, key, token string, ttl time.D
 				b.putSpare(secs, l)
 				return driver.Grant{}, distlock.ErrNotAcquired
 			}
-			rev = resp.Header.Revision
+			cmps = []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(sp), "<", resp.Header.Revision+1).WithPrefix()} // nothing new since
+			if m.Kind == driver.Read && len(before) > 0 {                                                                  // still no Write entry (readers may come), nor token's
+				cmps = []clientv3.Cmp{clientv3.Compare(clientv3.Value(sp), "<", "w").WithPrefix(), clientv3.Compare(clientv3.CreateRevision(entry), "=", 0)}
+			}
 			continue
 		case !resp.Succeeded: // token has an entry already
 			b.putSpare(secs, l)
@@ -301,9 +305,10 @@ func (b *Backend) ExtendMode(ctx context.Context, key, token string, ttl time.Du
 
 // ReleaseMode implements driver.Primitives with one transaction that
 // deletes token's entry if it is of m's kind (its value starts with the
-// kind's letter: it is above that letter alone and below the next). An entry that was still waiting (a waiting writer) is
-// deleted too, with ErrNotHeld. The lease, keyless now, is kept for the
-// next grant when it is ours.
+// kind's letter: it sorts above that letter alone and below the next).
+// An entry that was still waiting (a waiting writer) is deleted too, with
+// ErrNotHeld. The lease, keyless now, is kept for the next grant when it
+// is ours.
 func (b *Backend) ReleaseMode(ctx context.Context, key, token string, m driver.Mode) error {
 	sp, err := b.space(key, token, m)
 	if err != nil {
@@ -399,8 +404,10 @@ func (b *Backend) WatchMode(ctx context.Context, key string, m driver.Mode, chan
 	wch, done := watch(0), make(chan struct{})
 	var rev int64
 	select { // the watch is in place before WatchMode returns
-	case wr := <-wch:
-		rev = wr.Header.Revision + 1
+	case wr, ok := <-wch:
+		if ok && wr.Err() == nil {
+			rev = wr.Header.Revision + 1
+		}
 	case <-ctx.Done():
 	}
 	go func() {

@@ -465,3 +465,33 @@ func TestWatchModeRestart(t *testing.T) {
 		testwait.For(t, 20*time.Second, "the grant seen by the watch", func() bool { return changes.Load() > seen })
 	}
 }
+
+// Readers racing each other with one try each all get in: other readers'
+// entries do not refuse a reader.
+func TestReadersRaceTryOnce(t *testing.T) {
+	srv := distlocktest.StartEtcd(t)
+	var bs []*etcd.Backend
+	for range 4 {
+		b, _ := countingBackend(t, srv.Endpoints)
+		bs = append(bs, b)
+	}
+	ctx := ctxT(t, 30*time.Second)
+	if _, err := bs[0].AcquireMode(ctx, "race", "first", 10*time.Second, rd); err != nil {
+		t.Fatal(err)
+	}
+	errc := make(chan error, 32)
+	for i := range 32 {
+		go func() {
+			_, err := bs[i%4].AcquireMode(ctx, "race", "r"+string(rune('A'+i)), 10*time.Second, rd)
+			errc <- err
+		}()
+	}
+	for range 32 {
+		if err := recv(t, errc, "a reader"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if info, err := bs[1].InspectMode(ctx, "race", rd); err != nil || info.Holders != 33 {
+		t.Fatalf("inspect: %+v %v", info, err)
+	}
+}
