@@ -94,7 +94,8 @@ func WithRequestTimeout(d time.Duration) Option {
 }
 
 // Backend is the etcd implementation of driver.Backend. It also
-// implements driver.Queuer, driver.Transferer and driver.Inspector. It is
+// implements driver.Queuer, driver.Transferer, driver.Inspector and the
+// primitives (driver.Primitives, ModeWaiter, ModeWatcher: see ModePrefix). It is
 // not a driver.LossWatcher: a held Lock costs no watch and no goroutine,
 // and learns of a loss (its entry deleted, its lease revoked) at its next
 // renewal or at its expiry, as etcd's own concurrency.Mutex does at best.
@@ -222,6 +223,9 @@ func (b *Backend) Capabilities() driver.Capabilities {
 		CrossInstanceRelease: true,
 		MinTTL:               b.minTTL,
 		Granularity:          time.Second,
+		ReadWrite:            true,
+		Semaphore:            true,
+		Election:             true,
 	}
 }
 
@@ -293,16 +297,9 @@ func (b *Backend) acquire(ctx context.Context, key, token string, ttl time.Durat
 		return g, err
 	}
 	for try := 0; ; try++ {
-		l, spare, err := b.lease(rctx, secs)
+		l, refreshed, err := b.leaseFor(rctx, secs)
 		if err != nil {
 			return driver.Grant{}, err
-		}
-		var refreshed chan keepAlive
-		if spare {
-			// The spare lease was last refreshed before this call began:
-			// refresh it, alongside the transaction, so that the lock
-			// lives ttl from after the call began, as the Manager assumes.
-			refreshed = b.renewAsync(rctx, l.id)
 		}
 		entry := b.newEntry(q)
 		val := lockValue(token, 0)
@@ -316,7 +313,7 @@ func (b *Backend) acquire(ctx context.Context, key, token string, ttl time.Durat
 		}
 		resp, err := txn.Commit()
 		if err != nil {
-			if spare && try == 0 && errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			if refreshed != nil && try == 0 && errors.Is(err, rpctypes.ErrLeaseNotFound) {
 				continue // the spare lease is gone after all: grant a new one
 			}
 			// The put may land, now or later, for a call that has ended.
@@ -326,13 +323,8 @@ func (b *Backend) acquire(ctx context.Context, key, token string, ttl time.Durat
 		rev := resp.Header.Revision
 		kvs := resp.Responses[0].GetResponseRange().GetKvs() // the first entry, unless ours is
 		if len(kvs) == 0 {
-			if refreshed != nil {
-				r := <-refreshed
-				if r.err != nil {
-					b.abandon(l)
-					return driver.Grant{}, b.fail(ctx, "lease keep-alive", r.err)
-				}
-				l.ttl, l.fresh = r.ttl, r.at
+			if err := b.awaitRefresh(ctx, refreshed, &l); err != nil {
+				return driver.Grant{}, err
 			}
 			b.granted(q, &grant{token: token, entry: entry, value: val, createRev: rev, fence: rev, rev: rev,
 				lease: l.id, secs: secs, ttl: l.ttl, fresh: l.fresh}, 0)
@@ -355,7 +347,7 @@ func (b *Backend) acquire(ctx context.Context, key, token string, ttl time.Durat
 			return driver.Grant{}, distlock.ErrNotAcquired
 		}
 		kvs = resp.Responses[2].GetResponseRange().GetKvs() // ours and the one before
-		g, err := b.queued(ctx, q, entry, rev, string(kvs[len(kvs)-1].Key), token, l, secs)
+		g, err := b.queued(ctx, q, entry, rev, string(kvs[len(kvs)-1].Key), 0, token, l, secs, plainTurn(q))
 		if err != nil {
 			b.abandon(l)
 			return driver.Grant{}, err
@@ -364,23 +356,45 @@ func (b *Backend) acquire(ctx context.Context, key, token string, ttl time.Durat
 	}
 }
 
-// queued waits until entry, put at revision c behind pred, is the first of
-// q's queue, and makes it token's grant. Its fence is the revision of the
-// release that handed the lock on (it wrote to the entry: see release);
-// when the lock came free otherwise (its holder's lease expired), the
-// entry is written once to get a revision above every earlier grant's.
-func (b *Backend) queued(ctx context.Context, q, entry string, c int64, pred, token string, l spareLease, secs int64) (driver.Grant, error) {
+// turn says when a queue entry's turn comes: before reads the entries
+// created before it (WithMaxCreateRev is added), and next names the one
+// whose deletion it waits for, or "" when its turn has come (need > 0:
+// need deletions in the queue key may bring it). gkey is where b.grants
+// records the grant.
+type turn struct {
+	gkey   string
+	before []clientv3.OpOption
+	next   func(before []*mvccpb.KeyValue) (key string, need int)
+}
+
+// plainTurn is a plain lock's: the entry just before waits for nobody.
+func plainTurn(q string) turn {
+	return turn{gkey: q, before: clientv3.WithLastCreate(), next: func(kvs []*mvccpb.KeyValue) (string, int) {
+		if len(kvs) == 0 {
+			return "", 0
+		}
+		return string(kvs[0].Key), 0
+	}}
+}
+
+// queued waits until the turn of entry, put at revision c behind pred (or
+// need deletions under pred), comes, and makes it token's grant. Its fence is the
+// revision of the release that handed the lock on (it wrote to the entry:
+// see release); when the lock came free otherwise (its holder's lease
+// expired; always for primitives), the entry is written once to get a
+// revision above every earlier grant's.
+func (b *Backend) queued(ctx context.Context, q, entry string, c int64, pred string, need int, token string, l spareLease, secs int64, t turn) (driver.Grant, error) {
 	tick := time.NewTicker(max(time.Duration(l.ttl)*time.Second/3, 300*time.Millisecond))
 	defer tick.Stop()
 	rev := c
 	for {
-		if err := b.waitDelete(ctx, pred, rev, l.id, tick); err != nil {
+		if err := b.waitDelete(ctx, pred, need, rev, l.id, tick); err != nil {
 			return driver.Grant{}, err
 		}
 		rctx, cancel := b.reqCtx(ctx)
 		ka := b.renewAsync(rctx, l.id) // keeps the entry, and resets the TTL if it is first now
 		resp, err := b.cli.Txn(rctx).Then(clientv3.OpGet(entry),
-			clientv3.OpGet(q, append(clientv3.WithLastCreate(), clientv3.WithMaxCreateRev(c-1))...)).Commit()
+			clientv3.OpGet(q, append(t.before, clientv3.WithMaxCreateRev(c-1))...)).Commit()
 		k := <-ka
 		cancel()
 		if err != nil {
@@ -393,8 +407,8 @@ func (b *Backend) queued(ctx context.Context, q, entry string, c int64, pred, to
 		if k.err != nil {
 			return driver.Grant{}, b.fail(ctx, "lease keep-alive", k.err)
 		}
-		if before := resp.Responses[1].GetResponseRange().GetKvs(); len(before) > 0 {
-			pred, rev = string(before[0].Key), resp.Header.Revision
+		if pred, need = t.next(resp.Responses[1].GetResponseRange().GetKvs()); pred != "" {
+			rev = resp.Header.Revision
 			continue
 		}
 		fence, rev := fenceOf(mine[0]), resp.Header.Revision
@@ -414,25 +428,31 @@ func (b *Backend) queued(ctx context.Context, q, entry string, c int64, pred, to
 		if err := ctx.Err(); err != nil {
 			return driver.Grant{}, err
 		}
-		b.granted(q, &grant{token: token, entry: entry, value: string(mine[0].Value), createRev: c, fence: fence, rev: rev,
+		b.granted(t.gkey, &grant{token: token, entry: entry, value: string(mine[0].Value), createRev: c, fence: fence, rev: rev,
 			queued: true, lease: l.id, secs: secs, ttl: k.ttl, fresh: k.at}, 0)
 		return driver.Grant{TTL: time.Duration(k.ttl) * time.Second, Fence: uint64(fence), At: k.at}, nil
 	}
 }
 
-// waitDelete waits until key is deleted after revision rev (or the watch
-// breaks: the caller looks again), renewing lease at each tick.
-func (b *Backend) waitDelete(ctx context.Context, key string, rev int64, lease clientv3.LeaseID, tick *time.Ticker) error {
+// waitDelete waits until key is deleted after revision rev or, if need >
+// 0, until need keys under it are (or the watch breaks: the caller looks
+// again), renewing lease at each tick.
+func (b *Backend) waitDelete(ctx context.Context, key string, need int, rev int64, lease clientv3.LeaseID, tick *time.Ticker) error {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
-	wch := b.cli.Watch(wctx, key, clientv3.WithRev(rev+1), clientv3.WithFilterPut())
+	opts := []clientv3.OpOption{clientv3.WithRev(rev + 1), clientv3.WithFilterPut()}
+	if need > 0 {
+		opts = append(opts, clientv3.WithPrefix())
+	}
+	need = max(need, 1)
+	wch := b.cli.Watch(wctx, key, opts...)
 	for {
 		select {
 		case wr, ok := <-wch:
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			if !ok || wr.Err() != nil || len(wr.Events) > 0 {
+			if need -= len(wr.Events); !ok || wr.Err() != nil || need <= 0 {
 				return nil
 			}
 		case <-tick.C:
@@ -520,6 +540,34 @@ func (b *Backend) lease(ctx context.Context, secs int64) (spareLease, bool, erro
 		return spareLease{}, false, b.unavailable("lease grant", err)
 	}
 	return spareLease{id: resp.ID, ttl: resp.TTL, fresh: t}, false, nil
+}
+
+// leaseFor returns a lease for a new grant of secs seconds, as lease
+// does. A spare lease was last refreshed before this call began: it is
+// refreshed in the background, alongside the transaction (refreshed is
+// not nil: see awaitRefresh), so that the grant lives ttl from after the
+// call began, as the Manager assumes.
+func (b *Backend) leaseFor(ctx context.Context, secs int64) (l spareLease, refreshed chan keepAlive, err error) {
+	l, spare, err := b.lease(ctx, secs)
+	if spare {
+		refreshed = b.renewAsync(ctx, l.id)
+	}
+	return l, refreshed, err
+}
+
+// awaitRefresh takes the refresh of l that leaseFor sent, if any; if it
+// failed, l is abandoned.
+func (b *Backend) awaitRefresh(ctx context.Context, refreshed chan keepAlive, l *spareLease) error {
+	if refreshed == nil {
+		return nil
+	}
+	r := <-refreshed
+	if r.err != nil {
+		b.abandon(*l)
+		return b.fail(ctx, "lease keep-alive", r.err)
+	}
+	l.ttl, l.fresh = r.ttl, r.at
+	return nil
 }
 
 // takeSpare returns a spare lease of secs seconds that has at least half
@@ -634,11 +682,19 @@ func (b *Backend) Extend(ctx context.Context, key, token string, ttl time.Durati
 }
 
 // extendKV resets the TTL of the grant kv (q's first entry, which token
-// holds) to secs: a keep-alive of its lease or, if that lease is shorter,
-// a move to a new lease, the fence written into the value so that it
-// stays.
+// holds) to secs, the fence written into the value if it moves.
 func (b *Backend) extendKV(ctx context.Context, q string, kv *mvccpb.KeyValue, token string, secs int64) (driver.Grant, error) {
-	fence, lease := fenceOf(kv), clientv3.LeaseID(kv.Lease)
+	fence := fenceOf(kv)
+	return b.extendEntry(ctx, q, kv, token, secs, fence, lockValue(token, fence), false)
+}
+
+// extendEntry resets the TTL of the grant kv (recorded under gkey) to
+// secs: a keep-alive of its lease or, if that lease is shorter (or force:
+// the value changes), a put of val on a lease long enough, in a
+// transaction that compares the entry's value and old lease. val writes
+// the fence out, so that it stays.
+func (b *Backend) extendEntry(ctx context.Context, gkey string, kv *mvccpb.KeyValue, token string, secs, fence int64, val string, force bool) (driver.Grant, error) {
+	lease, l, spare := clientv3.LeaseID(kv.Lease), spareLease{}, false
 	if lease != clientv3.NoLease {
 		t := time.Now()
 		ttl, err := b.renew(ctx, lease)
@@ -648,16 +704,21 @@ func (b *Backend) extendKV(ctx context.Context, q string, kv *mvccpb.KeyValue, t
 		case err != nil:
 			return driver.Grant{}, b.unavailable("lease keep-alive", err)
 		}
-		b.refreshed(q, lease, t)
-		if ttl >= secs {
+		b.refreshed(gkey, lease, t)
+		if ttl >= secs && !force {
 			return driver.Grant{TTL: time.Duration(ttl) * time.Second, Fence: uint64(fence)}, nil
 		}
+		if ttl >= secs {
+			l = spareLease{id: lease, ttl: ttl, fresh: t}
+		}
 	}
-	l, spare, err := b.lease(ctx, secs)
-	if err != nil {
-		return driver.Grant{}, err
+	if l.id == clientv3.NoLease {
+		var err error
+		if l, spare, err = b.lease(ctx, secs); err != nil {
+			return driver.Grant{}, err
+		}
 	}
-	entry, val := string(kv.Key), lockValue(token, fence)
+	entry := string(kv.Key)
 	tr, err := b.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.Value(entry), "=", string(kv.Value)), clientv3.Compare(clientv3.CreateRevision(entry), "=", kv.CreateRevision),
 			clientv3.Compare(clientv3.LeaseValue(entry), "=", lease)).
@@ -666,7 +727,9 @@ func (b *Backend) extendKV(ctx context.Context, q string, kv *mvccpb.KeyValue, t
 		return driver.Grant{}, b.unavailable("txn", err)
 	}
 	if !tr.Succeeded {
-		b.putSpare(secs, l)
+		if l.id != lease {
+			b.putSpare(secs, l)
+		}
 		return driver.Grant{}, distlock.ErrNotHeld
 	}
 	if spare {
@@ -677,7 +740,7 @@ func (b *Backend) extendKV(ctx context.Context, q string, kv *mvccpb.KeyValue, t
 		}
 		l.ttl, l.fresh = ttl, t
 	}
-	b.granted(q, &grant{token: token, entry: entry, value: val, createRev: kv.CreateRevision, fence: fence, rev: tr.Header.Revision,
+	b.granted(gkey, &grant{token: token, entry: entry, value: val, createRev: kv.CreateRevision, fence: fence, rev: tr.Header.Revision,
 		lease: l.id, secs: secs, ttl: l.ttl, fresh: l.fresh}, lease)
 	return driver.Grant{TTL: time.Duration(l.ttl) * time.Second, Fence: uint64(fence)}, nil
 }

@@ -1,0 +1,46 @@
+package conformance
+
+import (
+	"context"
+	"errors"
+	"net/url"
+
+	"github.com/distlock/distlock/backends/etcd"
+	"github.com/distlock/distlock/driver"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// etcdModeRevoke revokes a primitive's key as an operator would on the etcd
+// cluster of an etcd:// or etcds:// URL: it deletes every entry (holders
+// and waiters) under the key's prefix in kind's key space (etcd.ModePrefix
+// of the URL's prefix parameter, by default etcd.DefaultPrefix).
+func etcdModeRevoke(rawURL string) func(ctx context.Context, key string, kind driver.Kind) error {
+	return func(ctx context.Context, key string, kind driver.Kind) error {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), revokeTimeout)
+		defer cancel()
+		u, err := url.Parse(rawURL)
+		if err != nil {
+			return errors.New("conformance: malformed etcd URL")
+		}
+		prefix := etcd.DefaultPrefix
+		if u.Query().Has("prefix") {
+			prefix = u.Query().Get("prefix")
+		}
+		sp := etcd.ModePrefix(prefix, key, kind)
+		if sp == "" {
+			return errors.New("conformance: unknown kind")
+		}
+		b, err := etcd.Open(ctx, u)
+		if err != nil {
+			return err
+		}
+		defer b.Close()
+		_, err = b.(*etcd.Backend).Client().Delete(ctx, sp, clientv3.WithPrefix())
+		return err
+	}
+}
+
+func init() {
+	modeRevokers["etcd"] = etcdModeRevoke
+	modeRevokers["etcds"] = etcdModeRevoke
+}
