@@ -3,7 +3,6 @@ package conformance
 import (
 	"context"
 	"errors"
-	"net/url"
 
 	"github.com/distlock/distlock/backends/etcd"
 	"github.com/distlock/distlock/driver"
@@ -16,27 +15,14 @@ import (
 // of the URL's prefix parameter, by default etcd.DefaultPrefix).
 func etcdModeRevoke(rawURL string) func(ctx context.Context, key string, kind driver.Kind) error {
 	return func(ctx context.Context, key string, kind driver.Kind) error {
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), revokeTimeout)
-		defer cancel()
-		u, err := url.Parse(rawURL)
-		if err != nil {
-			return errors.New("conformance: malformed etcd URL")
-		}
-		prefix := etcd.DefaultPrefix
-		if u.Query().Has("prefix") {
-			prefix = u.Query().Get("prefix")
-		}
-		sp := etcd.ModePrefix(prefix, key, kind)
-		if sp == "" {
-			return errors.New("conformance: unknown kind")
-		}
-		b, err := etcd.Open(ctx, u)
-		if err != nil {
+		return onEtcd(ctx, rawURL, func(ctx context.Context, cli *clientv3.Client, prefix string) error {
+			sp := etcd.ModePrefix(prefix, key, kind)
+			if sp == "" {
+				return errors.New("conformance: unknown kind")
+			}
+			_, err := cli.Delete(ctx, sp, clientv3.WithPrefix())
 			return err
-		}
-		defer b.Close()
-		_, err = b.(*etcd.Backend).Client().Delete(ctx, sp, clientv3.WithPrefix())
-		return err
+		})
 	}
 }
 

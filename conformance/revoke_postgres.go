@@ -3,7 +3,6 @@ package conformance
 import (
 	"context"
 	"errors"
-	"net/url"
 	"strings"
 	"time"
 
@@ -24,27 +23,19 @@ func postgresModeRevoke(rawURL string) func(ctx context.Context, key string, kin
 	return func(ctx context.Context, key string, kind driver.Kind) error {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), revokeTimeout)
 		defer cancel()
-		u, err := url.Parse(rawURL)
+		dsn, q, err := postgresDSN(rawURL)
 		if err != nil {
-			return errors.New("conformance: malformed PostgreSQL URL")
+			return err
 		}
-		q := u.Query()
 		ns, table := q.Get("distlock_namespace"), q.Get("distlock_table")
 		if table == "" {
 			table = postgres.DefaultTable
 		}
-		for k := range q {
-			if strings.HasPrefix(k, "distlock_") {
-				q.Del(k)
-			}
-		}
-		c := *u
-		c.RawQuery = q.Encode()
 		id := postgres.ModeLockID(ns, kind, key)
 		if id == 0 {
 			return errors.New("conformance: unknown kind")
 		}
-		conn, err := pgx.Connect(ctx, c.String())
+		conn, err := pgx.Connect(ctx, dsn)
 		if err != nil {
 			return err
 		}

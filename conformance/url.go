@@ -191,30 +191,37 @@ func redisNodes(rawURL string) ([]*redis.Options, error) {
 // etcd.DefaultPrefix, and the key).
 func EtcdRevoker(rawURL string) Revoker {
 	return RevokerFunc(func(ctx context.Context, key string) error {
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), revokeTimeout)
-		defer cancel()
-		u, err := url.Parse(rawURL)
-		if err != nil {
-			return errors.New("conformance: malformed etcd URL")
-		}
-		prefix := etcd.DefaultPrefix
-		if u.Query().Has("prefix") {
-			prefix = u.Query().Get("prefix")
-		}
-		b, err := etcd.Open(ctx, u)
-		if err != nil {
+		return onEtcd(ctx, rawURL, func(ctx context.Context, cli *clientv3.Client, prefix string) error {
+			// The holder's entry is the first of the key's queue.
+			resp, err := cli.Get(ctx, etcd.QueuePrefix(prefix, key), clientv3.WithFirstCreate()...)
+			if err != nil || len(resp.Kvs) == 0 {
+				return err
+			}
+			_, err = cli.Delete(ctx, string(resp.Kvs[0].Key))
 			return err
-		}
-		defer b.Close()
-		// The holder's entry is the first of the key's queue.
-		cli, q := b.(*etcd.Backend).Client(), etcd.QueuePrefix(prefix, key)
-		resp, err := cli.Get(ctx, q, clientv3.WithFirstCreate()...)
-		if err != nil || len(resp.Kvs) == 0 {
-			return err
-		}
-		_, err = cli.Delete(ctx, string(resp.Kvs[0].Key))
-		return err
+		})
 	})
+}
+
+// onEtcd runs f with a client of the etcd cluster of rawURL and the URL's
+// key prefix, within revokeTimeout whether or not ctx ends meanwhile.
+func onEtcd(ctx context.Context, rawURL string, f func(ctx context.Context, cli *clientv3.Client, prefix string) error) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), revokeTimeout)
+	defer cancel()
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return errors.New("conformance: malformed etcd URL")
+	}
+	prefix := etcd.DefaultPrefix
+	if u.Query().Has("prefix") {
+		prefix = u.Query().Get("prefix")
+	}
+	b, err := etcd.Open(ctx, u)
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	return f(ctx, b.(*etcd.Backend).Client(), prefix)
 }
 
 // PostgresRevoker takes a lock away as an operator would on the PostgreSQL
@@ -226,20 +233,11 @@ func PostgresRevoker(rawURL string) Revoker {
 	return RevokerFunc(func(ctx context.Context, key string) error {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), revokeTimeout)
 		defer cancel()
-		u, err := url.Parse(rawURL)
+		dsn, q, err := postgresDSN(rawURL)
 		if err != nil {
-			return errors.New("conformance: malformed PostgreSQL URL")
+			return err
 		}
-		q := u.Query()
-		ns := q.Get("distlock_namespace")
-		for k := range q {
-			if strings.HasPrefix(k, "distlock_") {
-				q.Del(k)
-			}
-		}
-		c := *u
-		c.RawQuery = q.Encode()
-		n, err := TerminatePostgresHolder(ctx, c.String(), postgres.LockID(ns, key))
+		n, err := TerminatePostgresHolder(ctx, dsn, postgres.LockID(q.Get("distlock_namespace"), key))
 		if err != nil {
 			return err
 		}
@@ -248,6 +246,25 @@ func PostgresRevoker(rawURL string) Revoker {
 		}
 		return nil
 	})
+}
+
+// postgresDSN returns the server address of a postgres:// URL without
+// distlock's own parameters, and the URL's parameters.
+func postgresDSN(rawURL string) (string, url.Values, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return "", nil, errors.New("conformance: malformed PostgreSQL URL")
+	}
+	all := u.Query()
+	q := u.Query()
+	for k := range q {
+		if strings.HasPrefix(k, "distlock_") {
+			q.Del(k)
+		}
+	}
+	c := *u
+	c.RawQuery = q.Encode()
+	return c.String(), all, nil
 }
 
 // TerminatePostgresHolder ends the server sessions holding the session
