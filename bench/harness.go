@@ -300,14 +300,7 @@ func contendedRun(ctx context.Context, goroutines int, d time.Duration, lock Loc
 		firstErr error
 		wg       sync.WaitGroup
 	)
-	fail := func(err error) {
-		mu.Lock()
-		if firstErr == nil {
-			firstErr = err
-		}
-		mu.Unlock()
-		cancel()
-	}
+	fail := failFirst(&mu, &firstErr, cancel)
 	start := time.Now()
 	for g := 0; g < goroutines; g++ {
 		wg.Add(1)
@@ -566,5 +559,18 @@ func ParallelInterleaved(b *testing.B, goroutines int, phase time.Duration, lock
 		} else if base > 0 {
 			b.ReportMetric(rate/base, l.Name+"/"+locks[0].Name+"-ops")
 		}
+	}
+}
+
+// failFirst returns a function that records the first error it is given in
+// *first (under mu) and cancels the phase.
+func failFirst(mu *sync.Mutex, first *error, cancel context.CancelFunc) func(error) {
+	return func(err error) {
+		mu.Lock()
+		if *first == nil {
+			*first = err
+		}
+		mu.Unlock()
+		cancel()
 	}
 }

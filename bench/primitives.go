@@ -108,14 +108,7 @@ func (w ReadHeavy) run(ctx context.Context, key string, d time.Duration) (readHe
 		firstErr         error
 		wg               sync.WaitGroup
 	)
-	fail := func(err error) {
-		mu.Lock()
-		if firstErr == nil {
-			firstErr = err
-		}
-		mu.Unlock()
-		cancel()
-	}
+	fail := failFirst(&mu, &firstErr, cancel)
 	loop := func(lock LockFunc, writer bool) {
 		defer wg.Done()
 		var (
@@ -269,14 +262,7 @@ func SemaphoreRun(ctx context.Context, limit, rounds int, phase, work time.Durat
 			firstErr error
 			wg       sync.WaitGroup
 		)
-		fail := func(err error) {
-			mu.Lock()
-			if firstErr == nil {
-				firstErr = err
-			}
-			mu.Unlock()
-			cancel()
-		}
+		fail := failFirst(&mu, &firstErr, cancel)
 		start := time.Now()
 		for i, lock := range locks {
 			wg.Add(1)
