@@ -377,6 +377,14 @@ func (m *Manager) waitMode(ctx context.Context, key, token string, ttl time.Dura
 			werr := wctx.Err() // before cancel, which ends it
 			stop()
 			cancel()
+			if errors.Is(err, errors.ErrUnsupported) { // no server queue for this kind: retry
+				waiter = nil
+				if mode.Kind == driver.Write {
+					mode.Waiting = true
+				}
+				attempt--
+				continue
+			}
 			// The budget (or Close) ended the wait: not a failure of the
 			// server, and no other refusal (a limit mismatch) either.
 			if err != nil && ctx.Err() == nil && werr != nil && (errors.Is(err, werr) || classify(err) == ErrNotAcquired) {

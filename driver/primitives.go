@@ -127,7 +127,10 @@ type ModeWaiter interface {
 	// AcquireModeWait is AcquireMode waiting in the server's queue until
 	// the grant or until ctx ends; then it returns an error matching
 	// ctx.Err(), having left the queue and holding nothing through this
-	// call. Writers queued before a reader are served before it.
+	// call. Writers queued before a reader are served before it. For a
+	// declared kind whose waiters the server cannot queue it returns an
+	// error matching errors.ErrUnsupported at once, sending nothing: the
+	// Manager then retries AcquireMode instead.
 	AcquireModeWait(ctx context.Context, key, token string, ttl time.Duration, m Mode) (Grant, error)
 }
 

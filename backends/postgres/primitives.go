@@ -584,13 +584,14 @@ func (b *Backend) ReleaseMode(ctx context.Context, key, token string, m driver.M
 // in the server's lock queue as AcquireWait does (a connection of the pool
 // per waiter, which becomes the hold's session); the server serves
 // writers queued before a reader first. Permit has no single queue to
-// wait in: it retries AcquireMode with a backoff (2ms doubling to 100ms).
+// wait in (any slot will do): it returns errors.ErrUnsupported, and the
+// Manager retries AcquireMode, woken by WatchMode.
 func (b *Backend) AcquireModeWait(ctx context.Context, key, token string, ttl time.Duration, m driver.Mode) (driver.Grant, error) {
 	if err := checkMode(m); err != nil {
 		return driver.Grant{}, err
 	}
 	if m.Kind == driver.Permit {
-		return b.pollPermit(ctx, key, token, ttl, m)
+		return driver.Grant{}, errPermitNoQueue
 	}
 	if err := b.needTable(ctx, m.Kind); err != nil {
 		return driver.Grant{}, err
@@ -642,24 +643,8 @@ func waitEnded(ctx context.Context, err error) error {
 	return err
 }
 
-// pollPermit retries AcquireMode until a permit is granted or ctx ends.
-func (b *Backend) pollPermit(ctx context.Context, key, token string, ttl time.Duration, m driver.Mode) (driver.Grant, error) {
-	wait := 2 * time.Millisecond
-	for {
-		g, err := b.AcquireMode(ctx, key, token, ttl, m)
-		if !errors.Is(err, distlock.ErrNotAcquired) {
-			return g, err
-		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return driver.Grant{}, fmt.Errorf("%w: postgres: waiting for a permit: %w", distlock.ErrNotAcquired, ctx.Err())
-		case <-t.C:
-		}
-		wait = min(2*wait, 100*time.Millisecond)
-	}
-}
+// errPermitNoQueue is AcquireModeWait's answer for a permit.
+var errPermitNoQueue = fmt.Errorf("postgres: permits have no server queue: %w", errors.ErrUnsupported)
 
 // InspectMode implements driver.Primitives with one read of pg_locks and
 // the table, on a connection of the pool. Holders of this Backend are
