@@ -421,10 +421,13 @@ func (m *Manager) waitMode(ctx context.Context, key, token string, ttl time.Dura
 		if gk != nil {
 			return fail(gk, gc)
 		}
-		if wake == nil && waiter == nil && kind == ErrNotAcquired {
+		if wake == nil && waiter == nil && kind == ErrNotAcquired && mode.Kind != driver.Permit {
 			// Wake on the next change rather than on the next poll, and
 			// look again at once: a change may have come before the
-			// watch.
+			// watch. Not for permits: a release frees one, and waking
+			// every waiter for it measured 0.3× (PostgreSQL) and 0.7×
+			// (Redis) the grants per second of retrying per the
+			// strategy (bench: BenchmarkPrimitivesSemaphore).
 			if w, ok := m.b.(driver.ModeWatcher); ok {
 				wake = make(chan struct{}, 1)
 				if stop, werr := w.WatchMode(ctx, key, mode, func() {

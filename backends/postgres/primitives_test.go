@@ -331,18 +331,15 @@ func TestSemaphore(t *testing.T) {
 	must(b.AcquireMode(ctx, "s", "p3", time.Minute, permit(2)))
 	wantErr(t, b.ReleaseMode(ctx, "s", "p2", permit(2)), distlock.ErrNotHeld, "wrong backend")
 
-	// A waiter gets the permit freed.
-	done := make(chan error, 1)
-	go func() {
-		_, err := b.AcquireModeWait(ctx, "s", "p4", time.Minute, permit(2))
-		done <- err
-	}()
+	// Permits have no server queue: AcquireModeWait says so, and the
+	// Manager retries AcquireMode instead.
+	if _, err := b.AcquireModeWait(ctx, "s", "p4", time.Minute, permit(2)); !errors.Is(err, errors.ErrUnsupported) {
+		t.Fatalf("AcquireModeWait(Permit): %v, want errors.ErrUnsupported", err)
+	}
 	if err := a.ReleaseMode(ctx, "s", "p2", permit(2)); err != nil {
 		t.Fatal(err)
 	}
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	must(b.AcquireMode(ctx, "s", "p4", time.Minute, permit(2)))
 	for _, p := range []string{"p3", "p4"} {
 		if err := b.ReleaseMode(ctx, "s", p, permit(2)); err != nil {
 			t.Fatal(err)
@@ -548,7 +545,7 @@ func TestContendedPrimitives(t *testing.T) {
 						err = b.ReleaseMode(ctx, "k", tok, read)
 					}
 				case 3: // permits of 2
-					if _, err = b.AcquireModeWait(ctx, "s", tok, 10*time.Second, permit(2)); err == nil {
+					if err = retryPermit(ctx, b, tok); err == nil {
 						if n := permits.Add(1); n > 2 {
 							errs <- fmt.Errorf("%d permits of 2", n)
 						}
@@ -669,5 +666,21 @@ func TestModeTableMigration(t *testing.T) {
 	var n int
 	if err := p.QueryRow(ctx, "SELECT count(*) FROM "+table).Scan(&n); err != nil || n != 1 {
 		t.Fatalf("rows in %s: %d, %v", table, n, err)
+	}
+}
+
+// retryPermit retries AcquireMode of a permit of 2 as the Manager does
+// (permits have no server queue), until it is granted or ctx ends.
+func retryPermit(ctx context.Context, b driver.Backend, tok string) error {
+	for {
+		_, err := b.(driver.Primitives).AcquireMode(ctx, "s", tok, 10*time.Second, permit(2))
+		if !errors.Is(err, distlock.ErrNotAcquired) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Millisecond): // the retry's pause
+		}
 	}
 }
