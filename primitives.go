@@ -167,7 +167,8 @@ func (e *Election) Leader(ctx context.Context) (LeaderInfo, error) {
 
 // Observe sends the election's leader on the returned channel: the current
 // one first, then each change (a new leader, or none: the zero
-// LeaderInfo), until ctx ends, when it closes the channel. A slow reader
+// LeaderInfo), until ctx ends or the Manager closes; then it closes the
+// channel. A slow reader
 // skips intermediate leaders but always gets the latest. Where the backend
 // announces changes (driver.ModeWatcher) observers learn of them at once;
 // otherwise, and for expiries the server does not announce, Observe looks
