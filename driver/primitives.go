@@ -119,9 +119,10 @@ type ModeInfo struct {
 	TTL time.Duration
 }
 
-// ModeWaiter is implemented by backends whose server queues the waiters
-// of a primitive (etcd's create-revision queue, PostgreSQL's lock
-// manager). The Manager calls AcquireModeWait, instead of retrying
+// ModeWaiter is implemented by backends whose server can wait for a
+// primitive itself: queue its waiters (etcd's create-revision queue,
+// PostgreSQL's lock manager) or, in process, try again at each change (the
+// memory backend). The Manager calls AcquireModeWait, instead of retrying
 // AcquireMode, for a call that may wait.
 type ModeWaiter interface {
 	// AcquireModeWait is AcquireMode waiting in the server's queue until

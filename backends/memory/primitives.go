@@ -2,6 +2,7 @@ package memory
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/distlock/distlock"
@@ -10,11 +11,13 @@ import (
 
 // The primitives (driver.Primitives): read-write locks, semaphores and
 // elections, each in a key space of its own. The memory backend is the
-// reference: it polls (the Manager retries AcquireMode, woken by
-// WatchMode) and keeps the writer-preference mark of the contract.
+// reference: it keeps the writer-preference mark of the contract, and as
+// an in-process server it waits by itself (AcquireModeWait), trying again
+// at each change of the key, which costs nothing here.
 
 var (
 	_ driver.Primitives  = (*backend)(nil)
+	_ driver.ModeWaiter  = (*backend)(nil)
 	_ driver.ModeWatcher = (*backend)(nil)
 )
 
@@ -171,6 +174,64 @@ func (s *Store) heldMode(key, token string, k driver.Kind, now time.Time) (*grou
 		return g, nil, distlock.ErrNotHeld
 	}
 	return g, g.holders[token], nil
+}
+
+// AcquireModeWait implements driver.ModeWaiter: AcquireMode again at each
+// change of the key's holders, and at the next expiry, until granted or
+// ctx ends. A waiting writer keeps its mark (Mode.Waiting) and drops it
+// when ctx ends.
+func (b *backend) AcquireModeWait(ctx context.Context, key, token string, ttl time.Duration, m driver.Mode) (driver.Grant, error) {
+	if m.Kind == driver.Write {
+		m.Waiting = true
+	}
+	wake := make(chan struct{}, 1)
+	stop, err := b.WatchMode(ctx, key, m, func() {
+		select {
+		case wake <- struct{}{}:
+		default:
+		}
+	})
+	if err != nil {
+		return driver.Grant{}, err
+	}
+	defer stop()
+	for {
+		g, err := b.AcquireMode(ctx, key, token, ttl, m)
+		if err != distlock.ErrNotAcquired {
+			return g, err
+		}
+		t := time.NewTimer(b.s.nextExpiry(spaceOf(key, m.Kind)))
+		select {
+		case <-wake:
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			if m.Kind == driver.Write {
+				_ = b.ReleaseMode(context.WithoutCancel(ctx), key, token, m) // drop the mark
+			}
+			return driver.Grant{}, fmt.Errorf("%w: %w", distlock.ErrNotAcquired, ctx.Err())
+		}
+		t.Stop()
+	}
+}
+
+// nextExpiry returns how long until the first holder or mark of sp
+// expires (a minute when there is none): nobody may call the store
+// meanwhile, so the waiter looks by itself then.
+func (s *Store) nextExpiry(sp space) time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	d := time.Minute
+	if g := s.groups[sp]; g != nil {
+		now := time.Now()
+		for _, h := range g.holders {
+			d = min(d, h.expiry.Sub(now))
+		}
+		for _, exp := range g.marks {
+			d = min(d, exp.Sub(now))
+		}
+	}
+	return max(d, time.Millisecond)
 }
 
 func (b *backend) ExtendMode(ctx context.Context, key, token string, ttl time.Duration, m driver.Mode) (driver.Grant, error) {
