@@ -325,6 +325,9 @@ var rwCases = []Case{
 		a = mustHold(t, a, err, "reader a")
 		again, err := m.RWMutex(key).RLock(t.Context(), e.Long, distlock.WithToken("reader-a"))
 		mustHold(t, again, err, "re-acquire by reader a")
+		if again.Fence() != a.Fence() {
+			t.Fatalf("a re-acquire changed the fence: %d, was %d", again.Fence(), a.Fence())
+		}
 		w, err := m.RWMutex(key).Lock(t.Context(), e.Long, distlock.WithToken("reader-a"))
 		refused(t, w, err, "write by a reader's token (no upgrade)")
 		b, err := m.RWMutex(key).RLock(t.Context(), e.Long, distlock.WithToken("reader-b"))
@@ -441,6 +444,11 @@ var semaphoreCases = []Case{
 		info, err := ms[2].Semaphore(key, 2).Inspect(t.Context())
 		if err != nil || info.Holders != 2 || info.Limit != 2 {
 			t.Fatalf("Inspect: %+v, %v; want 2 holders of limit 2", info, err)
+		}
+		again, err := ms[0].Semaphore(key, 2).Acquire(t.Context(), e.Long, distlock.WithToken(a.Token()))
+		mustHold(t, again, err, "re-acquire of the first permit")
+		if info, err := ms[2].Semaphore(key, 2).Inspect(t.Context()); err != nil || info.Holders != 2 {
+			t.Fatalf("Inspect after a re-acquire: %+v, %v; want still 2 holders", info, err)
 		}
 		release(t, a, "first permit")
 		c, err = ms[2].Semaphore(key, 2).Acquire(t.Context(), e.Long)
@@ -607,6 +615,16 @@ var electionCases = []Case{
 		info, err := other.Election(name, e.Long).Leader(t.Context())
 		if err != nil || info.Value != "node-1:8080" || info.Fence != ld.Fence() {
 			t.Fatalf("Leader: %+v, %v; want value node-1:8080, fence %d", info, err, ld.Fence())
+		}
+		// A campaign by the leader's own token publishes a new value,
+		// keeping the leadership and its fence.
+		again, err := m.Election(name, e.Long).Campaign(t.Context(), "node-1:9090", distlock.WithToken(ld.Token()))
+		if err != nil {
+			t.Fatalf("Campaign by the leader's token: %v", err)
+		}
+		info, err = other.Election(name, e.Long).Leader(t.Context())
+		if err != nil || info.Value != "node-1:9090" || info.Fence != ld.Fence() || again.Fence() != ld.Fence() {
+			t.Fatalf("Leader after the leader's new value: %+v, %v; want value node-1:9090, fence %d", info, err, ld.Fence())
 		}
 		if err := ld.Resign(t.Context()); err != nil {
 			t.Fatalf("Resign: %v", err)
