@@ -803,9 +803,6 @@ func (b *Backend) WatchLoss(key, token string, lost func()) func() {
 	defer b.mu.Unlock()
 	h := b.liveLocked(key, time.Now())
 	if h == nil || h.pending || h.token != token {
-		h = b.modeHeldLocked(key, token) // a hold of a primitive
-	}
-	if h == nil || h.pending || h.token != token {
 		lost()
 		return func() {}
 	}
@@ -975,8 +972,6 @@ func (b *Backend) setup(ctx context.Context, c *pgx.Conn) (uint32, error) {
 	}
 	b.mu.Lock()
 	b.tableOK = b.tableOK || tableOK
-	b.mu.Unlock()
-	b.mu.Lock()
 	b.migrated = true
 	b.mu.Unlock()
 	_, err = c.Exec(ctx, "SELECT set_config('idle_session_timeout', $1, false)", strconv.FormatInt(b.cfg.idleTimeout.Milliseconds(), 10))

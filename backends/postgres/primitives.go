@@ -299,18 +299,6 @@ func (b *Backend) holdsLocked(mk modeKey, now time.Time) map[string]*held {
 	return b.modes[mk]
 }
 
-// modeHeldLocked finds a live hold of key by token in any primitive.
-// Called with b.mu held.
-func (b *Backend) modeHeldLocked(key, token string) *held {
-	now := time.Now()
-	for _, sp := range []byte{'r', 'p', 'l'} {
-		if h := b.holdsLocked(modeKey{sp, key}, now)[token]; h != nil {
-			return h
-		}
-	}
-	return nil
-}
-
 func checkMode(m driver.Mode) error {
 	switch m.Kind {
 	case driver.Read, driver.Write, driver.Leader:

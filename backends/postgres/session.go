@@ -400,7 +400,13 @@ func (s *session) exec(ops []*op) {
 		}
 	}()
 	vals := make([]int64, len(ops))
-	auxs := make([]int64, len(ops))
+	var auxs []int64 // only for the primitives' statements that return a third column
+	for _, o := range ops {
+		if o.withAux {
+			auxs = make([]int64, len(ops))
+			break
+		}
+	}
 	dest := func(i int, pid *int32) []any {
 		if ops[i].withAux {
 			return []any{&vals[i], pid, &auxs[i]}
@@ -482,6 +488,8 @@ func (s *session) complete(ops []*op, vals, auxs []int64, err error) {
 		var v int64
 		if vals != nil {
 			v = vals[i]
+		}
+		if auxs != nil {
 			o.aux = auxs[i]
 		}
 		s.b.finishLocked(s, o, v, err)
