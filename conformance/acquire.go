@@ -132,7 +132,7 @@ var reacquireCases = []Case{
 			if again := mustAcquire(t, m1, key, e.Short, tok); again != tok {
 				t.Fatalf("re-acquire returned token %q, want %q", again, tok)
 			}
-			time.Sleep(e.Short / 4)
+			time.Sleep(e.Short / 4) // pace the re-acquires, each well within the TTL
 		}
 		stop.Store(true)
 		wg.Wait()
@@ -151,7 +151,7 @@ var reacquireCases = []Case{
 		key := e.Key("reacquire-ttl")
 		tok := mustAcquire(t, m1, key, e.Short)
 		mustAcquire(t, m1, key, e.Long, tok) // now held for Long
-		time.Sleep(e.Short + e.Short/2)
+		time.Sleep(e.Short + e.Short/2)      // outlive the first TTL
 		if !heldByOther(t, m2, key) {
 			t.Fatalf("lock expired at the first TTL although re-acquire set a longer one")
 		}

@@ -98,7 +98,7 @@ var ttlCases = []Case{
 		start := time.Now()
 		tok := mustAcquire(t, m1, key, e.Short)
 		for time.Since(start) < 3*e.Short {
-			time.Sleep(e.Short / 3)
+			time.Sleep(e.Short / 3) // pace the extensions, each within the TTL
 			if err := m1.Extend(t.Context(), key, tok, e.Short); err != nil {
 				t.Fatalf("Extend at %v: %v", time.Since(start), err)
 			}
