@@ -132,14 +132,9 @@ func (l *Lock) Release(ctx context.Context) error {
 
 // Lock implements LockManager.
 func (m *Manager) Lock(ctx context.Context, key string, ttl time.Duration, opts ...LockOption) (*Lock, error) {
-	cfg := lockConfig{retry: m.cfg.retry}
-	for _, o := range opts {
-		if o != nil {
-			o(&cfg)
-		}
-	}
-	if err := checkMinHold(cfg); err != nil {
-		return nil, &Error{Op: "acquire", Key: key, Kind: ErrInvalidArgument, Err: err}
+	cfg, err := m.lockOptions(key, opts)
+	if err != nil {
+		return nil, err
 	}
 	ctx, oc := m.obs.begin(ctx, spanLock, key)
 	token, g, t0, err := m.acquire(ctx, key, ttl, cfg.token, cfg.hasToken, cfg.retry, oc)
@@ -148,6 +143,20 @@ func (m *Manager) Lock(ctx context.Context, key string, ttl time.Duration, opts 
 		return nil, err
 	}
 	return m.newHandle(key, token, g, t0, cfg, nil)
+}
+
+// lockOptions applies the options of a Lock (or a primitive's) call.
+func (m *Manager) lockOptions(key string, opts []LockOption) (lockConfig, error) {
+	cfg := lockConfig{retry: m.cfg.retry}
+	for _, o := range opts {
+		if o != nil {
+			o(&cfg)
+		}
+	}
+	if err := checkMinHold(cfg); err != nil {
+		return cfg, &Error{Op: "acquire", Key: key, Kind: ErrInvalidArgument, Err: err}
+	}
+	return cfg, nil
 }
 
 // newHandle makes the handle of a grant started at t0 and hands it to the

@@ -99,30 +99,9 @@ func (m *Manager) Acquire(ctx context.Context, key string, ttl time.Duration, to
 // the conservative expiry). oc observes the call (observe.go).
 func (m *Manager) acquire(ctx context.Context, key string, ttl time.Duration, token string, explicit bool, retry RetryStrategy, oc *call) (string, driver.Grant, time.Time, error) {
 	const op = "acquire"
-	if m.closed.Load() {
-		return "", driver.Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: ErrClosed}
-	}
-	if m.unmet != nil {
-		return "", driver.Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: ErrUnsupported, Err: m.unmet}
-	}
-	if err := checkRetry(retry); err != nil {
-		return "", driver.Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: ErrInvalidArgument, Err: err}
-	}
-	if err := checkKey(key); err != nil {
-		return "", driver.Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: ErrInvalidArgument, Err: err}
-	}
-	ttl, err := m.roundTTL(ttl)
+	ttl, token, err := m.prepare(ctx, key, ttl, token, explicit, retry, nil)
 	if err != nil {
-		return "", driver.Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: ErrInvalidArgument, Err: err}
-	}
-	if !explicit {
-		token = m.newToken(key)
-	}
-	if err := checkToken(token); err != nil {
-		return "", driver.Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: ErrInvalidArgument, Err: err}
-	}
-	if err := ctx.Err(); err != nil {
-		return "", driver.Grant{}, time.Time{}, &Error{Op: op, Key: key, Kind: ErrNotAcquired, Err: err}
+		return "", driver.Grant{}, time.Time{}, err
 	}
 	if m.queuer != nil {
 		if _, ok := retry.NextBackoff(1, 0); ok {
@@ -245,6 +224,49 @@ func afterFailure(retry RetryStrategy, attempt int, start time.Time, err, kind e
 		return 0, kind, gaveUp(attempt, time.Since(start), cause(err, kind))
 	}
 	return 0, kind, cause(err, kind)
+}
+
+// prepare runs the checks of an acquire, before anything is sent: the
+// Manager is open and meets its requirements, mode (nil for a plain lock)
+// is offered, the strategy, key, TTL and token are valid, and ctx has not
+// ended. It returns the TTL rounded for the backend and the token
+// (generated unless explicit).
+func (m *Manager) prepare(ctx context.Context, key string, ttl time.Duration, token string, explicit bool, retry RetryStrategy, mode *driver.Mode) (time.Duration, string, error) {
+	const op = "acquire"
+	switch {
+	case m.closed.Load():
+		return 0, "", &Error{Op: op, Key: key, Kind: ErrClosed}
+	case m.unmet != nil:
+		return 0, "", &Error{Op: op, Key: key, Kind: ErrUnsupported, Err: m.unmet}
+	}
+	if mode != nil {
+		if err := m.checkMode(op, key, *mode); err != nil {
+			return 0, "", err
+		}
+	}
+	invalid := func(err error) (time.Duration, string, error) {
+		return 0, "", &Error{Op: op, Key: key, Kind: ErrInvalidArgument, Err: err}
+	}
+	if err := checkRetry(retry); err != nil {
+		return invalid(err)
+	}
+	if err := checkKey(key); err != nil {
+		return invalid(err)
+	}
+	ttl, err := m.roundTTL(ttl)
+	if err != nil {
+		return invalid(err)
+	}
+	if !explicit {
+		token = m.newToken(key)
+	}
+	if err := checkToken(token); err != nil {
+		return invalid(err)
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, "", &Error{Op: op, Key: key, Kind: ErrNotAcquired, Err: err}
+	}
+	return ttl, token, nil
 }
 
 // abandonTimeout bounds the release of a grant that an Acquire cut off by

@@ -265,46 +265,16 @@ func (m *Manager) checkMode(op, key string, mode driver.Mode) error {
 // RWMutex, Semaphore and Election. forever waits until ctx ends, whatever
 // the retry strategy (Campaign).
 func (m *Manager) lockMode(ctx context.Context, span, key string, ttl time.Duration, mode driver.Mode, opts []LockOption, forever bool) (*Lock, error) {
-	const op = "acquire"
-	cfg := lockConfig{retry: m.cfg.retry}
-	for _, o := range opts {
-		if o != nil {
-			o(&cfg)
-		}
+	cfg, err := m.lockOptions(key, opts)
+	if err != nil {
+		return nil, err
 	}
 	if forever {
 		cfg.retry = ExponentialBackoff(2*time.Millisecond, 100*time.Millisecond)
 	}
-	if err := checkMinHold(cfg); err != nil {
-		return nil, &Error{Op: op, Key: key, Kind: ErrInvalidArgument, Err: err}
-	}
-	switch {
-	case m.closed.Load():
-		return nil, &Error{Op: op, Key: key, Kind: ErrClosed}
-	case m.unmet != nil:
-		return nil, &Error{Op: op, Key: key, Kind: ErrUnsupported, Err: m.unmet}
-	}
-	if err := m.checkMode(op, key, mode); err != nil {
+	ttl, token, err := m.prepare(ctx, key, ttl, cfg.token, cfg.hasToken, cfg.retry, &mode)
+	if err != nil {
 		return nil, err
-	}
-	for _, check := range []func() error{
-		func() error { return checkRetry(cfg.retry) },
-		func() error { return checkKey(key) },
-		func() error { var err error; ttl, err = m.roundTTL(ttl); return err },
-	} {
-		if err := check(); err != nil {
-			return nil, &Error{Op: op, Key: key, Kind: ErrInvalidArgument, Err: err}
-		}
-	}
-	token := cfg.token
-	if !cfg.hasToken {
-		token = m.newToken(key)
-	}
-	if err := checkToken(token); err != nil {
-		return nil, &Error{Op: op, Key: key, Kind: ErrInvalidArgument, Err: err}
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, &Error{Op: op, Key: key, Kind: ErrNotAcquired, Err: err}
 	}
 	ctx, oc := m.obs.begin(ctx, span, key)
 	g, t0, err := m.waitMode(ctx, key, token, ttl, mode, cfg.hasToken, cfg.retry, oc)
